@@ -1,0 +1,1 @@
+"""openrlhf-psr."""

@@ -1,0 +1,1 @@
+"""Generation engines: an in-process vLLM ``LLM``, OpenRLHF's vLLM engines under Ray, an OpenAI-compatible endpoint."""

@@ -1,0 +1,68 @@
+"""One small generation interface, token-in token-out, that every engine implements.
+
+The search hands prompts as token ids and gets token ids back, so the ids that reach DPO are exactly the ids the
+model produced (no re-tokenisation of joined strings). One call carries the whole batch: every problem's candidate
+request (``n`` samples each) or every judge prompt, so the engine can batch and share prefixes.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    """``n`` samples continuing ``prompt_token_ids``."""
+
+    prompt_token_ids: tuple[int, ...]
+    n: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One generated continuation. ``finish_reason`` is vLLM's ("stop" or "length"); ``stop_reason`` is the stop
+    string that matched, a stop token id, or None for EOS."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    finish_reason: str
+    stop_reason: str | int | None = None
+
+
+class Engine(ABC):
+    """Generates for a batch of requests in one call. ``tokenizer`` is the model's HF tokenizer."""
+
+    tokenizer = None
+
+    @abstractmethod
+    def generate(self, requests: Sequence[SampleRequest]) -> list[list[Sample]]:
+        """One list of ``request.n`` samples per request, in request order."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the engine's resources."""
+
+
+def to_vllm_params(request: SampleRequest):
+    """vLLM ``SamplingParams`` for a request (vLLM imported lazily: the interface stays light)."""
+    from vllm import SamplingParams
+
+    return SamplingParams(
+        n=request.n,
+        temperature=request.temperature,
+        top_p=request.top_p,
+        max_tokens=request.max_tokens,
+        stop=list(request.stop) or None,
+        seed=request.seed,
+        include_stop_str_in_output=False,
+    )
+
+
+def from_vllm_output(output) -> list[Sample]:
+    return [Sample(c.text, tuple(c.token_ids), c.finish_reason or "length", c.stop_reason) for c in output.outputs]

@@ -1,0 +1,44 @@
+"""The pairwise judge interface: the "generative pairwise judge reward" of this plugin.
+
+A judge takes a batch of structured comparisons (the problem, the accepted steps, step A, step B) and returns one
+:class:`Judgment` each. Which order the candidates are shown in is the caller's business (the tournament asks for
+both orders); a judge only ever sees A and B.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from openrlhf_psr.prompts import render_judge_prompt
+from openrlhf_psr.tournament import Verdict
+
+
+@dataclass(frozen=True)
+class Comparison:
+    question: str
+    previous_steps: tuple[str, ...]
+    step_a: str
+    step_b: str
+
+    def prompt(self) -> str:
+        return render_judge_prompt(self.question, list(self.previous_steps), self.step_a, self.step_b)
+
+
+@dataclass(frozen=True)
+class Judgment:
+    """A verdict plus what produced it (the judge's raw text, or nothing for a logit judge)."""
+
+    verdict: Verdict
+    raw: str | None = None
+
+
+class PairwiseJudge(ABC):
+    """Decides, for each comparison, whether step A or step B is the better next step (or abstains)."""
+
+    name: str = "judge"
+
+    @abstractmethod
+    def judge(self, comparisons: Sequence[Comparison]) -> list[Judgment]:
+        """One judgment per comparison, in order. Must not raise on odd model output: abstain instead."""

@@ -1,0 +1,44 @@
+"""The paper's step-wise LLM-as-a-Judge: explanation, then a ``[[A]]``/``[[B]]`` verdict, greedy."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from openrlhf_psr.engines.base import Engine, SampleRequest
+from openrlhf_psr.judges.base import Comparison, Judgment, PairwiseJudge
+from openrlhf_psr.judges.verdict import parse_verdict
+from openrlhf_psr.prompts import prompt_token_ids
+from openrlhf_psr.tournament import Verdict
+
+
+class GenerativeJudge(PairwiseJudge):
+    """All comparisons go to the engine in one batched call (prefix caching shares the problem and previous steps).
+
+    Args:
+        engine: any :class:`~openrlhf_psr.engines.base.Engine` (the policy's own engine for self-judging).
+        max_tokens: cap on the explanation (SPEC default 512).
+        chat_template: wrap the judge prompt in the model's chat template.
+    """
+
+    name = "generative"
+
+    def __init__(self, engine: Engine, *, max_tokens: int = 512, chat_template: bool = True):
+        self.engine = engine
+        self.max_tokens = max_tokens
+        self.chat_template = chat_template
+
+    def judge(self, comparisons: Sequence[Comparison]) -> list[Judgment]:
+        requests = [
+            SampleRequest(
+                tuple(prompt_token_ids(self.engine.tokenizer, c.prompt(), chat_template=self.chat_template)),
+                n=1,
+                temperature=0.0,
+                max_tokens=self.max_tokens,
+            )
+            for c in comparisons
+        ]
+        outputs = self.engine.generate(requests)
+        return [
+            Judgment(Verdict(parse_verdict(out[0].text, c.step_a, c.step_b)), raw=out[0].text)
+            for c, out in zip(comparisons, outputs, strict=True)
+        ]

@@ -1,0 +1,448 @@
+"""The batched step-wise search with self-judging (SPEC "Step-wise search with self-judging").
+
+All active problems advance together, one step per round:
+1. one engine call samples ``width`` candidate next steps for every active problem (token ids in, token ids out);
+2. each problem's candidates are deduplicated and enter a tournament (round robin by default); the pending
+   comparisons of *all* problems go to the judge in one batch per tournament round, in both orders;
+3. the best candidate becomes the accepted step and the (best, worst) pair a DPO pair; when all scores are equal
+   the previous step and its pair are discarded and the problem regenerates from one step earlier (rollback);
+4. a problem ends when its accepted step is final (``\\boxed{}`` or EOS), or after ``max_rounds`` rounds.
+
+Finished problems are committed after every round as one atomic shard of pairs and trajectories
+(:class:`~openrlhf_psr.shards.ShardStore`); a rerun skips every committed problem, so a killed run loses at most
+the rounds of problems still in flight and never duplicates a pair.
+
+Token handling: a step is its token ids exactly as generated. A step that ended because the next step's marker
+began keeps the separator before the marker (``"\\n"``) and nothing after it; a final step ends with EOS; a
+non-final step never does. The pair's prompt ids are the problem's prompt ids plus the accepted steps' ids.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from openrlhf_psr.data.problems import Problem
+from openrlhf_psr.engines.base import Engine, Sample, SampleRequest
+from openrlhf_psr.judges.base import Comparison, Judgment, PairwiseJudge
+from openrlhf_psr.prompts import prompt_token_ids, render_step_prompt
+from openrlhf_psr.shards import ShardStore
+from openrlhf_psr.steps import (
+    FinishReason,
+    classify_finish,
+    detect_repetition,
+    extract_boxed,
+    is_final_step,
+    step_stop_strings,
+)
+from openrlhf_psr.tournament import TournamentResult, TournamentState, make_state
+
+log = logging.getLogger(__name__)
+
+RECORD_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Settings of the step-wise search; defaults are the paper's (SPEC) where it gives one.
+
+    Attributes:
+        width: candidate next steps sampled per round (paper: w = 6).
+        temperature: sampling temperature of candidates (paper: 0.5).
+        top_p: nucleus sampling of candidates (paper: 0.95).
+        max_tokens_per_step: cap on one candidate step's tokens.
+        max_rounds: rounds per problem, rollbacks included (paper: "max iteration number 20").
+        max_prompt_tokens: a problem whose prompt plus accepted steps exceed this stops (reason ``context``).
+        tournament: ``round_robin`` (paper) or ``knockout`` (w-1 comparisons).
+        both_orders: judge each pair in both orders (SPEC default; the tie rule needs it).
+        aggregate: ``verdict`` (1 / 0.5 / 0) or ``prob`` (mean P(better) over both orders, needs a judge with p_a).
+        min_margin: a best-worst score margin below this counts as a tie.
+        chat_template: wrap the step prompt in the model's chat template.
+        seed: base seed; each problem's round r samples with a seed derived from (seed, problem id, r).
+        judge_retries: extra attempts when the judge or engine raises (then the error propagates; committed
+            shards are kept).
+        filter_wrong: drop the pairs of trajectories whose final answer is wrong (needs a gold answer; off, as
+            in the paper, which never checks answers during the loop).
+    """
+
+    width: int = 6
+    temperature: float = 0.5
+    top_p: float = 0.95
+    max_tokens_per_step: int = 256
+    max_rounds: int = 20
+    max_prompt_tokens: int = 3072
+    tournament: str = "round_robin"
+    both_orders: bool = True
+    aggregate: str = "verdict"
+    min_margin: float = 0.0
+    chat_template: bool = True
+    seed: int = 0
+    judge_retries: int = 1
+    filter_wrong: bool = False
+
+    def __post_init__(self):
+        if self.width < 2:
+            raise ValueError(f"width must be >= 2 to form a pair, got {self.width}")
+        if self.tournament not in ("round_robin", "knockout"):
+            raise ValueError(f"tournament {self.tournament!r}: expected round_robin or knockout")
+        if self.aggregate not in ("verdict", "prob"):
+            raise ValueError(f"aggregate {self.aggregate!r}: expected verdict or prob")
+
+
+@dataclass
+class Step:
+    token_ids: list[int]
+    text: str
+    finish: str  # FinishReason value
+    final: bool
+
+
+@dataclass
+class _Problem:
+    """A problem in flight."""
+
+    problem: Problem
+    prompt_ids: list[int]
+    steps: list[Step] = field(default_factory=list)
+    pairs: list[dict | None] = field(default_factory=list)  # pairs[k] is the pair that accepted steps[k]
+    rounds: list[dict] = field(default_factory=list)
+    rollbacks: int = 0
+    finish: str | None = None
+
+    def prefix_ids(self) -> list[int]:
+        return self.prompt_ids + [t for s in self.steps for t in s.token_ids]
+
+
+def derive_seed(seed: int, problem_id: str, round_no: int) -> int:
+    """A per-(problem, round) seed, independent of how problems are batched."""
+    return zlib.crc32(f"{seed}:{problem_id}:{round_no}".encode())
+
+
+def trim_step(tokenizer, sample: Sample) -> Step:
+    """Turn one sampled continuation into a step whose token ids and text agree exactly."""
+    finish = classify_finish(sample.finish_reason, sample.stop_reason)
+    ids = list(sample.token_ids)
+    eos = tokenizer.eos_token_id
+    if finish == FinishReason.STEP:
+        stop = str(sample.stop_reason)
+        keep = sample.text + stop[: len(stop) - len(stop.lstrip())]  # keep the separator before the next marker
+        final = is_final_step(sample.text, finish)
+        if final:
+            keep = sample.text
+        ids = ids[: _prefix_len_covering(tokenizer, ids, len(keep))]
+    else:
+        final = is_final_step(sample.text, finish)
+    if ids and ids[-1] == eos:
+        ids = ids[:-1]
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    if final and eos is not None:
+        ids = ids + [eos]  # only a solution's final step ends with EOS
+    return Step(ids, text, str(finish), final)
+
+
+def _prefix_len_covering(tokenizer, ids: list[int], n_chars: int) -> int:
+    """The fewest leading tokens whose text has at least ``n_chars`` characters (binary search)."""
+    lo, hi = 0, len(ids)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if len(tokenizer.decode(ids[:mid], skip_special_tokens=True)) >= n_chars:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def _with_retries(fn: Callable, retries: int, what: str):
+    for attempt in range(retries + 1):
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - reported, retried, then re-raised
+            if attempt == retries:
+                raise
+            log.warning("%s failed (%s); retrying (%d/%d)", what, exc, attempt + 1, retries)
+
+
+class StepSearch:
+    """Runs the search over many problems and writes ``out_dir/{pairs,trajectories}/shard-*.jsonl``."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        judge: PairwiseJudge,
+        config: SearchConfig = SearchConfig(),
+        *,
+        model_id: str = "",
+        grader: Callable[[str | None, str | None], bool | None] | None = None,
+    ):
+        self.engine = engine
+        self.judge = judge
+        self.config = config
+        self.model_id = model_id
+        if grader is None:
+            from openrlhf_psr.grading import is_correct as grader
+        self.grader = grader
+        self.stop = tuple(step_stop_strings())
+        self.stats = {"engine_calls": 0, "judge_calls": 0, "judge_batches": 0, "generated_tokens": 0}
+
+    # -- one round -------------------------------------------------------------------------------------------
+    def _sample(self, active: list[_Problem]) -> list[list[Step]]:
+        cfg = self.config
+        requests = [
+            SampleRequest(
+                tuple(p.prefix_ids()),
+                n=cfg.width,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                max_tokens=cfg.max_tokens_per_step,
+                stop=self.stop,
+                seed=derive_seed(cfg.seed, p.problem.id, len(p.rounds)),
+            )
+            for p in active
+        ]
+        outputs = _with_retries(lambda: self.engine.generate(requests), cfg.judge_retries, "engine.generate")
+        self.stats["engine_calls"] += 1
+        self.stats["generated_tokens"] += sum(len(s.token_ids) for out in outputs for s in out)
+        return [[trim_step(self.engine.tokenizer, s) for s in out] for out in outputs]
+
+    def _judge_all(self, problems: list[_Problem], candidates: list[list[Step]]):
+        """Tournaments of all problems, advanced together: one judge batch per tournament round."""
+        cfg = self.config
+        states: list[TournamentState] = []
+        uniques: list[list[int]] = []
+        calls: list[list[dict]] = [[] for _ in problems]
+        for cands in candidates:
+            unique = _unique_valid(cands)
+            uniques.append(unique)
+            states.append(
+                make_state(
+                    cfg.tournament,
+                    len(unique),
+                    both_orders=cfg.both_orders,
+                    aggregate=cfg.aggregate,
+                    min_margin=cfg.min_margin,
+                )
+            )
+        while True:
+            batch: list[tuple[int, int, int]] = []  # (problem index, i, j) over unique indices
+            for k, state in enumerate(states):
+                batch.extend((k, i, j) for i, j in state.pending())
+            if not batch:
+                break
+            comparisons = [
+                Comparison(
+                    problems[k].problem.question,
+                    tuple(s.text.strip() for s in problems[k].steps),
+                    candidates[k][uniques[k][i]].text.strip(),
+                    candidates[k][uniques[k][j]].text.strip(),
+                )
+                for k, i, j in batch
+            ]
+            judgments: list[Judgment] = _with_retries(
+                lambda batch_=comparisons: self.judge.judge(batch_), cfg.judge_retries, "judge.judge"
+            )
+            if len(judgments) != len(comparisons):
+                raise RuntimeError(f"judge returned {len(judgments)} judgments for {len(comparisons)} comparisons")
+            self.stats["judge_calls"] += len(comparisons)
+            self.stats["judge_batches"] += 1
+            per_problem: dict[int, list] = {}
+            for (k, i, j), judgment in zip(batch, judgments, strict=True):
+                per_problem.setdefault(k, []).append(judgment.verdict)
+                calls[k].append(
+                    {
+                        "a": uniques[k][i],
+                        "b": uniques[k][j],
+                        "winner": judgment.verdict.winner,
+                        "p_a": judgment.verdict.p_a,
+                        "raw": judgment.raw,
+                    }
+                )
+            for k, verdicts in per_problem.items():
+                states[k].submit(verdicts)
+        return [s.result() for s in states], uniques, calls
+
+    def _apply(self, p: _Problem, cands: list[Step], result: TournamentResult, unique: list[int], calls: list[dict]):
+        cfg = self.config
+        record = {
+            "round": len(p.rounds),
+            "prefix_steps": len(p.steps),
+            "candidates": [asdict(c) for c in cands],
+            "unique": unique,
+            "judge_calls": calls,
+            "scores": list(result.scores),
+            "n_abstentions": result.n_abstentions,
+            "n_consistent": result.n_consistent,
+            "n_pairs_both_orders": result.n_pairs_both_orders,
+        }
+        if not unique:  # every candidate empty: nothing to accept; resample (counts as a round)
+            record["action"] = "no_valid_candidate"
+        elif len(unique) == 1:
+            # All candidates say the same thing: accept it, but there is no preference to learn from.
+            best = cands[unique[0]]
+            p.steps.append(best)
+            p.pairs.append(None)
+            record["action"] = "accept_unanimous"
+            record["chosen"] = unique[0]
+        elif result.is_tie:
+            record["action"] = "rollback"
+            if p.steps:
+                p.steps.pop()
+                p.pairs.pop()
+                p.rollbacks += 1
+        else:
+            best, worst = cands[unique[result.best]], cands[unique[result.worst]]
+            record.update(action="accept", chosen=unique[result.best], rejected=unique[result.worst])
+            p.pairs.append(
+                {
+                    "version": RECORD_VERSION,
+                    "problem_id": p.problem.id,
+                    "round": len(p.rounds),
+                    "step_index": len(p.steps),
+                    "prompt_ids": p.prefix_ids(),
+                    "question": p.problem.question,
+                    "prefix_steps": [s.text for s in p.steps],
+                    "chosen_ids": best.token_ids,
+                    "rejected_ids": worst.token_ids,
+                    "chosen": best.text,
+                    "rejected": worst.text,
+                    "chosen_is_final": best.final,
+                    "rejected_is_final": worst.final,
+                    "scores": [result.scores[result.best], result.scores[result.worst]],
+                    "margin": result.margin,
+                    "model_id": self.model_id,
+                }
+            )
+            p.steps.append(best)
+        p.rounds.append(record)
+        if p.steps and p.steps[-1].final:
+            p.finish = "final"
+        elif len(p.rounds) >= cfg.max_rounds:
+            p.finish = "max_rounds"
+        elif detect_repetition([s.text for s in p.steps]):
+            p.finish = "repetition"
+        elif len(p.prefix_ids()) + cfg.max_tokens_per_step > cfg.max_prompt_tokens:
+            p.finish = "context"
+
+    # -- records ---------------------------------------------------------------------------------------------
+    def _trajectory(self, p: _Problem) -> dict:
+        answer = extract_boxed(p.steps[-1].text) if p.steps else None
+        return {
+            "version": RECORD_VERSION,
+            "problem_id": p.problem.id,
+            "question": p.problem.question,
+            "gold": p.problem.answer,
+            "prompt_ids": p.prompt_ids,
+            "steps": [asdict(s) for s in p.steps],
+            "final_answer": answer,
+            "correct": self.grader(answer, p.problem.answer),
+            "finish": p.finish,
+            "rollbacks": p.rollbacks,
+            "rounds": p.rounds,
+            "model_id": self.model_id,
+            "seed": self.config.seed,
+            "config": asdict(self.config),
+        }
+
+    # -- driver ----------------------------------------------------------------------------------------------
+    def run(self, problems: Sequence[Problem], out_dir: str | Path, *, progress: bool = True) -> dict:
+        """Search every problem not already committed under ``out_dir``; returns the summary statistics."""
+        from tqdm.auto import tqdm
+
+        store = ShardStore(out_dir)
+        done = {r["problem_id"] for r in store.read("trajectories")}
+        ids = [p.id for p in problems]
+        if len(set(ids)) != len(ids):
+            raise ValueError("problem ids must be unique")
+        tokenizer = self.engine.tokenizer
+        todo = [
+            _Problem(
+                p,
+                prompt_token_ids(tokenizer, render_step_prompt(p.question), chat_template=self.config.chat_template),
+            )
+            for p in problems
+            if p.id not in done
+        ]
+        start = time.perf_counter()
+        bar = tqdm(
+            total=len(problems), initial=len(problems) - len(todo), desc="step-wise search", disable=not progress
+        )
+        active = todo
+        while active:
+            candidates = self._sample(active)
+            results, uniques, calls = self._judge_all(active, candidates)
+            for p, cands, result, unique, call in zip(active, candidates, results, uniques, calls, strict=True):
+                self._apply(p, cands, result, unique, call)
+            finished = [p for p in active if p.finish]
+            if finished:
+                trajectories = [self._trajectory(p) for p in finished]
+                pairs = [
+                    pair
+                    for p, t in zip(finished, trajectories, strict=True)
+                    if not (self.config.filter_wrong and t["correct"] is False)
+                    for pair in p.pairs
+                    if pair is not None
+                ]
+                store.commit({"pairs": pairs, "trajectories": trajectories})
+                bar.update(len(finished))
+            active = [p for p in active if not p.finish]
+            bar.set_postfix(active=len(active), judge_calls=self.stats["judge_calls"])
+        bar.close()
+        elapsed = time.perf_counter() - start
+        summary = summarize(store, tokenizer=None)
+        summary.update(
+            elapsed_s=elapsed,
+            searched_now=len(todo),
+            problems_per_min=60 * len(todo) / elapsed if elapsed > 0 and todo else None,
+            generated_tokens_per_s=self.stats["generated_tokens"] / elapsed if elapsed > 0 else None,
+            **{f"run_{k}": v for k, v in self.stats.items()},
+        )
+        return summary
+
+
+def _unique_valid(cands: list[Step]) -> list[int]:
+    """Indices of the first occurrence of each distinct non-empty candidate (whitespace-normalised)."""
+    seen: dict[str, int] = {}
+    for k, c in enumerate(cands):
+        key = " ".join(c.text.split())
+        if key and key not in seen:
+            seen[key] = k
+    return list(seen.values())
+
+
+def summarize(store: ShardStore, tokenizer=None) -> dict:
+    """Statistics over everything committed in a search directory (SPEC: pairs, rollbacks, abstentions, ...)."""
+    trajectories = list(store.read("trajectories"))
+    n_pairs = sum(1 for _ in store.read("pairs"))
+    steps = [len(t["steps"]) for t in trajectories]
+    step_tokens = [len(s["token_ids"]) for t in trajectories for s in t["steps"]]
+    rounds = [r for t in trajectories for r in t["rounds"]]
+    calls = sum(len(r["judge_calls"]) for r in rounds)
+    both = sum(r["n_pairs_both_orders"] for r in rounds)
+    graded = [t["correct"] for t in trajectories if t["correct"] is not None]
+    accepted = sum(1 for r in rounds if r["action"] in ("accept", "accept_unanimous"))
+    finishes: dict[str, int] = {}
+    for t in trajectories:
+        finishes[t["finish"]] = finishes.get(t["finish"], 0) + 1
+    return {
+        "problems": len(trajectories),
+        "pairs": n_pairs,
+        "pairs_per_problem": n_pairs / len(trajectories) if trajectories else 0.0,
+        "rollbacks": sum(t["rollbacks"] for t in trajectories),
+        "rounds": len(rounds),
+        "judge_calls": calls,
+        "judge_calls_per_accepted_step": calls / accepted if accepted else None,
+        "abstentions": sum(r["n_abstentions"] for r in rounds),
+        "abstention_rate": sum(r["n_abstentions"] for r in rounds) / calls if calls else None,
+        "position_consistency": sum(r["n_consistent"] for r in rounds) / both if both else None,
+        "mean_steps": statistics.fmean(steps) if steps else 0.0,
+        "mean_step_tokens": statistics.fmean(step_tokens) if step_tokens else 0.0,
+        "boxed_rate": sum(t["final_answer"] is not None for t in trajectories) / len(trajectories)
+        if trajectories
+        else 0.0,
+        "accuracy": sum(graded) / len(graded) if graded else None,
+        "finish": finishes,
+    }

@@ -1,0 +1,489 @@
+"""Choosing the best and worst of w candidate steps from pairwise self-judgments (pure logic, no model).
+
+The paper scores each candidate by its number of pairwise wins in a round robin, takes the best as the accepted step
+(and DPO *chosen*), the worst as *rejected*, and rolls back when all scores are equal. This module implements that,
+plus the choices the paper leaves open (SPEC.md):
+
+- **Both orders.** Each unordered pair {i, j} is judged with i shown as A and with j shown as A. Agreement gives the
+  winner 1 and the loser 0, disagreement 0.5 each, so a judge with a pure position bias (always "A") produces only
+  0.5/0.5 pairs, an all-equal score vector and a rollback, instead of a spurious preference.
+  With ``aggregate="prob"`` and P(A) available in both orders, the pair goes to the candidate whose mean
+  P(better) over the two orders exceeds 0.5 (a logit judge that always *says* A can still rank by probability).
+- **Abstentions** (no parseable verdict): if one order abstains the other decides alone; if both do, 0.5 each.
+  They are counted, never fatal.
+- **Duplicates** are merged before judging (:func:`dedupe`): comparing a text with itself wastes two judge calls.
+- **Knockout** is a cheaper bracket (w-1 pairs instead of w(w-1)/2) whose agreement with round robin is measured
+  elsewhere.
+
+Tournaments are state machines (:class:`RoundRobinState`, :class:`KnockoutState`): ``pending()`` lists the ordered
+comparisons of the current round, ``submit()`` takes their verdicts, until ``done``. The search driver advances the
+states of many problems together so that each round's judge prompts of all problems go to the engine as one batch.
+:func:`run_tournament` is the one-problem convenience loop around them.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+__all__ = [
+    "Aggregate",
+    "KnockoutState",
+    "PairOutcome",
+    "RoundRobinState",
+    "TournamentResult",
+    "TournamentState",
+    "Verdict",
+    "aggregate_pair",
+    "choose",
+    "dedupe",
+    "make_state",
+    "round_robin_pairs",
+    "run_tournament",
+    "score",
+]
+
+Aggregate = Literal["verdict", "prob"]
+Method = Literal["round_robin", "knockout"]
+_EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The judge's answer to one ordered comparison: candidate i shown as A, candidate j shown as B.
+
+    Attributes:
+        winner: ``"A"``, ``"B"``, or ``None`` for an abstention (no parseable verdict).
+        p_a: the judge's probability that A is better (logit judges), or ``None``. A NaN is kept but treated as
+            missing by :func:`aggregate_pair`, so one bad forward pass cannot stop a search.
+    """
+
+    winner: Literal["A", "B"] | None
+    p_a: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.winner not in ("A", "B", None):
+            raise ValueError(f"winner must be 'A', 'B' or None, got {self.winner!r}")
+        if self.p_a is not None and not math.isnan(self.p_a) and not 0.0 <= self.p_a <= 1.0:
+            raise ValueError(f"p_a must be a probability, got {self.p_a!r}")
+
+
+@dataclass(frozen=True)
+class PairOutcome:
+    """The result of the unordered pair {i, j} after its comparisons (usually both orders).
+
+    Attributes:
+        i, j: the candidates; ``(i, j)`` was the order with i shown as A.
+        score_i, score_j: their wins from this pair (1/0, 0/1 or 0.5/0.5).
+        consistent: both orders gave a verdict and named the same candidate.
+        decided_both: both orders gave a verdict, so the pair counts in the position-consistency rate.
+        n_abstentions: comparisons of this pair that contributed nothing (no verdict, and no probability used).
+        p_i: mean P(i better) over the orders when ``aggregate="prob"`` decided the pair, else ``None``.
+    """
+
+    i: int
+    j: int
+    score_i: float
+    score_j: float
+    consistent: bool
+    decided_both: bool
+    n_abstentions: int
+    p_i: float | None = None
+
+    @property
+    def is_draw(self) -> bool:
+        return abs(self.score_i - self.score_j) <= _EPS
+
+
+@dataclass(frozen=True)
+class TournamentResult:
+    """The outcome of one tournament over one problem's candidates.
+
+    Attributes:
+        best, worst: candidate indices (chosen / rejected), or ``None`` when the tournament gives no preference
+            (``is_tie``) or the margin is below ``min_margin``; the caller then rolls back (paper's tie rule).
+        scores: wins per candidate (duplicates share their representative's score).
+        margin: ``scores[best] - scores[worst]`` (0.0 on a tie).
+        n_comparisons: ordered judge comparisons made (judge calls).
+        n_abstentions: of those, the ones that contributed nothing.
+        n_consistent / n_pairs_both_orders: pairs whose two orders agreed / pairs where both orders gave a verdict;
+            their ratio is the position-consistency rate.
+        is_tie: no preference at all: all scores equal (round robin), every match drawn (knockout), or fewer than
+            two distinct candidates. With a single distinct candidate (``n_unique == 1``) the model is unanimous;
+            whether to accept it without a pair is the caller's choice.
+        n_unique: distinct candidates after :func:`dedupe`.
+        outcomes: every judged pair, for the trajectory log.
+    """
+
+    best: int | None
+    worst: int | None
+    scores: tuple[float, ...]
+    margin: float
+    n_comparisons: int
+    n_abstentions: int
+    n_consistent: int
+    n_pairs_both_orders: int
+    is_tie: bool
+    n_unique: int = 0
+    outcomes: tuple[PairOutcome, ...] = field(default=(), repr=False)
+
+    @property
+    def consistency_rate(self) -> float | None:
+        """Share of pairs whose two orders agreed, among pairs where both orders gave a verdict."""
+        return self.n_consistent / self.n_pairs_both_orders if self.n_pairs_both_orders else None
+
+    def remap(self, unique_indices: Sequence[int], mapping: Sequence[int]) -> TournamentResult:
+        """Translate a result over deduplicated candidates back to the original candidate indices."""
+
+        def orig(k: int | None) -> int | None:
+            return None if k is None else unique_indices[k]
+
+        outcomes = tuple(replace(o, i=unique_indices[o.i], j=unique_indices[o.j]) for o in self.outcomes)
+        scores = tuple(self.scores[u] for u in mapping)
+        return replace(self, best=orig(self.best), worst=orig(self.worst), scores=scores, outcomes=outcomes)
+
+
+def dedupe(candidates: Sequence[str]) -> tuple[list[int], list[int]]:
+    """Merge candidates that are equal after whitespace normalisation.
+
+    Returns ``(unique_indices, mapping)``: the index of each distinct text's first occurrence, and for every
+    candidate k the position of its text in ``unique_indices`` (so ``unique_indices[mapping[k]]`` represents k).
+
+    >>> dedupe(["x = 1", "y", "x  =\\n1", "z"])
+    ([0, 1, 3], [0, 1, 0, 2])
+    """
+    unique_indices: list[int] = []
+    position: dict[str, int] = {}
+    mapping: list[int] = []
+    for k, text in enumerate(candidates):
+        key = " ".join(text.split())
+        if key not in position:
+            position[key] = len(unique_indices)
+            unique_indices.append(k)
+        mapping.append(position[key])
+    return unique_indices, mapping
+
+
+def round_robin_pairs(n: int, both_orders: bool = True) -> list[tuple[int, int]]:
+    """Ordered comparisons (i shown as A, j as B) of a round robin over n candidates.
+
+    >>> round_robin_pairs(3)
+    [(0, 1), (1, 0), (0, 2), (2, 0), (1, 2), (2, 1)]
+    >>> round_robin_pairs(3, both_orders=False)
+    [(0, 1), (0, 2), (1, 2)]
+    """
+    return _ordered([(i, j) for i in range(n) for j in range(i + 1, n)], both_orders)
+
+
+def _ordered(pairs: Sequence[tuple[int, int]], both_orders: bool) -> list[tuple[int, int]]:
+    if not both_orders:
+        return list(pairs)
+    return [c for i, j in pairs for c in ((i, j), (j, i))]
+
+
+def _usable(p: float | None) -> bool:
+    return p is not None and not math.isnan(p)
+
+
+def aggregate_pair(
+    i: int, j: int, ij: Verdict, ji: Verdict | None = None, *, aggregate: Aggregate = "verdict"
+) -> PairOutcome:
+    """Combine the verdicts of pair {i, j}: ``ij`` with i shown as A, ``ji`` (optional) with j shown as A.
+
+    >>> aggregate_pair(0, 1, Verdict("A"), Verdict("B"))  # both orders prefer 0
+    PairOutcome(i=0, j=1, score_i=1.0, score_j=0.0, consistent=True, decided_both=True, n_abstentions=0, p_i=None)
+    >>> o = aggregate_pair(0, 1, Verdict("A"), Verdict("A"))  # position bias: each order says "A"
+    >>> o.score_i, o.score_j, o.consistent
+    (0.5, 0.5, False)
+    >>> o = aggregate_pair(0, 1, Verdict(None), Verdict("A"))  # one abstention: the other order decides
+    >>> o.score_i, o.score_j, o.n_abstentions
+    (0.0, 1.0, 1)
+    >>> o = aggregate_pair(0, 1, Verdict("A", p_a=0.6), Verdict("A", p_a=0.55), aggregate="prob")
+    >>> o.score_i, round(o.p_i, 3)  # mean P(0 better) = (0.6 + 0.45) / 2 > 0.5
+    (1.0, 0.525)
+    """
+    if aggregate not in ("verdict", "prob"):
+        raise ValueError(f"aggregate must be 'verdict' or 'prob', got {aggregate!r}")
+    # Each order's vote, as a candidate index.
+    vote_ij = {"A": i, "B": j}.get(ij.winner) if ij.winner else None
+    vote_ji = {"A": j, "B": i}.get(ji.winner) if ji is not None and ji.winner else None
+    decided_both = ji is not None and vote_ij is not None and vote_ji is not None
+    consistent = decided_both and vote_ij == vote_ji
+
+    if aggregate == "prob" and _usable(ij.p_a) and (ji is None or _usable(ji.p_a)):
+        probs = [ij.p_a] if ji is None else [ij.p_a, 1.0 - ji.p_a]  # type: ignore[operator]
+        p_i = sum(probs) / len(probs)  # type: ignore[arg-type]
+        if p_i > 0.5 + _EPS:
+            s_i = 1.0
+        elif p_i < 0.5 - _EPS:
+            s_i = 0.0
+        else:
+            s_i = 0.5
+        return PairOutcome(i, j, s_i, 1.0 - s_i, consistent, decided_both, 0, p_i)
+
+    votes = [v for v in (vote_ij, vote_ji) if v is not None]
+    n_abstentions = (vote_ij is None) + (ji is not None and vote_ji is None)
+    if not votes or (len(votes) == 2 and votes[0] != votes[1]):
+        s_i = 0.5  # no information, or the two orders contradict each other
+    else:
+        s_i = 1.0 if votes[0] == i else 0.0
+    return PairOutcome(i, j, s_i, 1.0 - s_i, consistent, decided_both, n_abstentions)
+
+
+def score(outcomes: Sequence[PairOutcome], n: int | None = None) -> list[float]:
+    """Wins per candidate, summed over pair outcomes; ``n`` defaults to the largest index seen plus one.
+
+    >>> score([aggregate_pair(0, 1, Verdict("A"), Verdict("B")), aggregate_pair(0, 2, Verdict("A"), Verdict("A"))])
+    [1.5, 0.0, 0.5]
+    """
+    if n is None:
+        n = max((max(o.i, o.j) for o in outcomes), default=-1) + 1
+    wins = [0.0] * n
+    for o in outcomes:
+        wins[o.i] += o.score_i
+        wins[o.j] += o.score_j
+    return wins
+
+
+def choose(scores: Sequence[float], min_margin: float = 0.0) -> tuple[int, int] | None:
+    """``(best, worst)`` by score, or ``None`` when all scores are equal or the margin is below ``min_margin``.
+
+    All-equal scores is the paper's tie rule: the caller discards the previous step and rolls back. Ties for best
+    (and for worst) go to the lowest index, which is deterministic and, as candidates are i.i.d. samples, unbiased.
+
+    >>> choose([1.0, 3.0, 3.0, 0.0])
+    (1, 3)
+    >>> choose([1.5, 1.5, 1.5]) is None, choose([2.0, 1.5], min_margin=1.0) is None
+    (True, True)
+    """
+    if len(scores) < 2:
+        return None
+    hi, lo = max(scores), min(scores)
+    margin = hi - lo
+    if margin <= _EPS or margin + _EPS < min_margin:
+        return None
+    best = next(k for k, s in enumerate(scores) if s >= hi - _EPS)
+    worst = next(k for k, s in enumerate(scores) if s <= lo + _EPS)
+    return best, worst
+
+
+class TournamentState(ABC):
+    """A tournament over ``n`` candidates, advanced one round of comparisons at a time.
+
+    Protocol: while not ``done``: judge every ``(i, j)`` of ``pending()`` (i shown as A) and ``submit()`` the
+    verdicts in the same order. Then ``result()``.
+    """
+
+    def __init__(
+        self, n: int, *, both_orders: bool = True, aggregate: Aggregate = "verdict", min_margin: float = 0.0
+    ) -> None:
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        self.n = n
+        self.both_orders = both_orders
+        self.aggregate: Aggregate = aggregate
+        self.min_margin = min_margin
+        self.outcomes: list[PairOutcome] = []
+        self.n_comparisons = 0
+
+    @property
+    @abstractmethod
+    def done(self) -> bool: ...
+
+    @abstractmethod
+    def _matches(self) -> list[tuple[int, int]]:
+        """Unordered pairs of the current round."""
+
+    @abstractmethod
+    def _advance(self, outcomes: list[PairOutcome]) -> None:
+        """Take the current round's outcomes and move to the next round."""
+
+    @abstractmethod
+    def result(self) -> TournamentResult: ...
+
+    def pending(self) -> list[tuple[int, int]]:
+        """Ordered comparisons to judge now (empty when done)."""
+        return [] if self.done else _ordered(self._matches(), self.both_orders)
+
+    def submit(self, verdicts: Sequence[Verdict]) -> None:
+        """Verdicts for ``pending()``, in its order."""
+        if self.done:
+            raise RuntimeError("tournament is already done")
+        matches = self._matches()
+        per_pair = 2 if self.both_orders else 1
+        if len(verdicts) != per_pair * len(matches):
+            raise ValueError(f"expected {per_pair * len(matches)} verdicts, got {len(verdicts)}")
+        outcomes = []
+        for k, (i, j) in enumerate(matches):
+            ij = verdicts[per_pair * k]
+            ji = verdicts[per_pair * k + 1] if self.both_orders else None
+            outcomes.append(aggregate_pair(i, j, ij, ji, aggregate=self.aggregate))
+        self.n_comparisons += len(verdicts)
+        self.outcomes.extend(outcomes)
+        self._advance(outcomes)
+
+    def _result(self, best_worst: tuple[int, int] | None, scores: list[float], is_tie: bool) -> TournamentResult:
+        best, worst = best_worst if best_worst is not None else (None, None)
+        return TournamentResult(
+            best=best,
+            worst=worst,
+            scores=tuple(scores),
+            margin=scores[best] - scores[worst] if best is not None and worst is not None else 0.0,
+            n_comparisons=self.n_comparisons,
+            n_abstentions=sum(o.n_abstentions for o in self.outcomes),
+            n_consistent=sum(o.consistent for o in self.outcomes),
+            n_pairs_both_orders=sum(o.decided_both for o in self.outcomes),
+            is_tie=is_tie,
+            n_unique=self.n,
+            outcomes=tuple(self.outcomes),
+        )
+
+
+class RoundRobinState(TournamentState):
+    """The paper's tournament: every pair in one round; score = wins; best/worst by :func:`choose`.
+
+    >>> rr = RoundRobinState(3)
+    >>> len(rr.pending())
+    6
+    >>> rr.submit([Verdict("A")] * 6)  # always "A": every pair 0.5/0.5
+    >>> rr.done, rr.result().is_tie, rr.result().best
+    (True, True, None)
+    """
+
+    def __init__(self, n: int, **kwargs) -> None:
+        super().__init__(n, **kwargs)
+        self._done = n < 2
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def _matches(self) -> list[tuple[int, int]]:
+        return round_robin_pairs(self.n, both_orders=False)
+
+    def _advance(self, outcomes: list[PairOutcome]) -> None:
+        self._done = True
+
+    def result(self) -> TournamentResult:
+        if not self.done:
+            raise RuntimeError("tournament is not done")
+        scores = score(self.outcomes, self.n)
+        is_tie = self.n < 2 or max(scores) - min(scores) <= _EPS
+        return self._result(choose(scores, self.min_margin), scores, is_tie)
+
+
+class KnockoutState(TournamentState):
+    """Single elimination: exactly n-1 pairs (each in both orders), in about log2(n) batched rounds.
+
+    Each round pairs the survivors in order (0 v 1, 2 v 3, ...); an odd one out gets a bye to the next round.
+    A drawn match (0.5/0.5) goes to the candidate with more wins so far, then to the lower index.
+
+    Best is the champion. Worst is an approximation, since most pairs are never judged: among the candidates that
+    lost the first match they played (first-round losers, or a bye holder beaten on entry) the one with the fewest
+    wins, ties to the lowest index. It is always a candidate that lost to someone, never one that beat anyone.
+    Tie: every match drawn (the judge never preferred anything), or no margin between best and worst.
+
+    >>> ko = KnockoutState(4)
+    >>> ko.pending()
+    [(0, 1), (1, 0), (2, 3), (3, 2)]
+    >>> ko.submit([Verdict("B"), Verdict("A"), Verdict("A"), Verdict("B")])  # 1 beats 0, 2 beats 3
+    >>> ko.pending()
+    [(1, 2), (2, 1)]
+    >>> ko.submit([Verdict("A"), Verdict("B")])  # 1 beats 2
+    >>> r = ko.result()
+    >>> r.best, r.worst, r.n_comparisons
+    (1, 0, 6)
+    """
+
+    def __init__(self, n: int, **kwargs) -> None:
+        super().__init__(n, **kwargs)
+        self._alive = list(range(n))
+        self._wins = [0.0] * n
+        self._played: set[int] = set()
+        self._first_match_losers: list[int] = []
+
+    @property
+    def done(self) -> bool:
+        return len(self._alive) <= 1
+
+    def _matches(self) -> list[tuple[int, int]]:
+        return [(self._alive[k], self._alive[k + 1]) for k in range(0, len(self._alive) - 1, 2)]
+
+    def _advance(self, outcomes: list[PairOutcome]) -> None:
+        bye = [self._alive[-1]] if len(self._alive) % 2 else []
+        winners = []
+        for o in outcomes:
+            wins_before = (self._wins[o.i], self._wins[o.j])
+            self._wins[o.i] += o.score_i
+            self._wins[o.j] += o.score_j
+            if not o.is_draw:
+                i_wins = o.score_i > o.score_j
+            else:
+                i_wins = wins_before[0] > wins_before[1] or (wins_before[0] == wins_before[1] and o.i < o.j)
+            winner, loser = (o.i, o.j) if i_wins else (o.j, o.i)
+            if loser not in self._played:
+                self._first_match_losers.append(loser)
+            self._played.update((o.i, o.j))
+            winners.append(winner)
+        self._alive = winners + bye
+
+    def result(self) -> TournamentResult:
+        if not self.done:
+            raise RuntimeError("tournament is not done")
+        scores = list(self._wins)
+        if self.n < 2 or all(o.is_draw for o in self.outcomes):
+            return self._result(None, scores, True)
+        best = self._alive[0]
+        worst = min(self._first_match_losers, key=lambda k: (scores[k], k))
+        margin = scores[best] - scores[worst]
+        if margin <= _EPS:
+            return self._result(None, scores, True)
+        return self._result(None if margin + _EPS < self.min_margin else (best, worst), scores, False)
+
+
+def make_state(
+    method: Method,
+    n: int,
+    *,
+    both_orders: bool = True,
+    aggregate: Aggregate = "verdict",
+    min_margin: float = 0.0,
+) -> TournamentState:
+    """A fresh tournament state by name: ``"round_robin"`` (the paper's) or ``"knockout"``."""
+    states: dict[str, type[TournamentState]] = {"round_robin": RoundRobinState, "knockout": KnockoutState}
+    if method not in states:
+        raise ValueError(f"unknown tournament {method!r}; expected one of {sorted(states)}")
+    return states[method](n, both_orders=both_orders, aggregate=aggregate, min_margin=min_margin)
+
+
+def run_tournament(
+    candidates: Sequence[str],
+    judge: Callable[[list[tuple[str, str]]], Sequence[Verdict]],
+    *,
+    method: Method = "round_robin",
+    both_orders: bool = True,
+    aggregate: Aggregate = "verdict",
+    min_margin: float = 0.0,
+) -> TournamentResult:
+    """Run one problem's tournament: dedupe, then judge round by round with ``judge``.
+
+    ``judge`` takes a batch of ``(text shown as A, text shown as B)`` and returns one :class:`Verdict` each. The
+    result's indices refer to ``candidates``; a duplicated text is represented by its first occurrence.
+
+    >>> longer_wins = lambda pairs: [Verdict("A" if len(a) > len(b) else "B") for a, b in pairs]
+    >>> r = run_tournament(["bb", "a", "ccc", "a "], longer_wins)
+    >>> r.best, r.worst, r.scores, r.n_unique, r.n_comparisons
+    (2, 1, (1.0, 0.0, 2.0, 0.0), 3, 6)
+    """
+    unique_indices, mapping = dedupe(candidates)
+    state = make_state(
+        method, len(unique_indices), both_orders=both_orders, aggregate=aggregate, min_margin=min_margin
+    )
+    while not state.done:
+        pairs = state.pending()
+        texts = [(candidates[unique_indices[i]], candidates[unique_indices[j]]) for i, j in pairs]
+        state.submit(judge(texts))
+    return state.result().remap(unique_indices, mapping)

@@ -1,0 +1,61 @@
+"""Shared fixtures. Heavy ones (a vLLM engine, a Ray cluster) are created once per pytest run."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("PSR_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+# Keep vLLM's CPU KV cache small: tests hold at most two engines on a 24 GiB machine.
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def python() -> str:
+    """The interpreter of this environment (subprocess tests must use the same one, with its .pth)."""
+    return sys.executable
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"needs the shared benchmark data at {SHARED_DATA} (absent outside the project workplace)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def default_model() -> str:
+    from openrlhf_psr.models import DEFAULT_MODEL, resolve_model
+
+    return resolve_model(DEFAULT_MODEL)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    from openrlhf_psr.models import build_tiny_model
+
+    return str(build_tiny_model(tmp_path_factory.mktemp("tiny") / "model"))
+
+
+@pytest.fixture(scope="session")
+def default_llm(default_model):
+    """One in-process vLLM engine on the default model for the whole run."""
+    from openrlhf_psr.engines.vllm_local import create_llm
+
+    llm = create_llm(default_model, seed=0, max_model_len=2048)
+    yield llm
+    del llm
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    from openrlhf_psr.engines.openrlhf_ray import start_local_ray
+
+    ray = start_local_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()
