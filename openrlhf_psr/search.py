@@ -239,6 +239,7 @@ class StepSearch:
                     tuple(s.text.strip() for s in problems[k].steps),
                     candidates[k][uniques[k][i]].text.strip(),
                     candidates[k][uniques[k][j]].text.strip(),
+                    problems[k].problem.answer,
                 )
                 for k, i, j in batch
             ]

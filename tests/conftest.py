@@ -59,3 +59,16 @@ def local_ray():
     ray = start_local_ray(num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_default_engine(local_ray, default_model):
+    """OpenRLHF's own vLLM engine (a RolloutRayActor) on the default model, wrapped as our Engine."""
+    from transformers import AutoTokenizer
+
+    from openrlhf_psr.engines.openrlhf_ray import OpenRLHFRayEngine, create_engines
+
+    engines = create_engines(default_model, num_engines=1, enforce_eager=True, max_model_len=2048)
+    engine = OpenRLHFRayEngine(engines, AutoTokenizer.from_pretrained(default_model))
+    yield engine
+    engine.close()

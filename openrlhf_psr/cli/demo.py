@@ -1,20 +1,16 @@
-"""``openrlhf-psr demo``: the main job on the embedded default model, runnable anywhere on CPU.
-
-Until the recipe launcher lands, the demo is the heart of PSR on the package's own task: the step-wise search with
-self-judging by the default model (logit judge, probability aggregation over both orders, since the untrained
-model writes no parseable verdict) on built-in arithmetic problems. It writes pairs, trajectories and a summary
-under ``runs/demo/search`` and resumes if interrupted.
-"""
+"""``openrlhf-psr demo``: the main job, ``openrlhf-psr run recipes/tiny_cpu.yaml`` (the embedded default: the
+whole PSR loop with SmolLM2-135M on the built-in task, on CPU); and the ``search`` subcommand's parser."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_parser(sub) -> None:
-    parser = sub.add_parser("demo", help="run the main job on the embedded default model (CPU)")
-    parser.add_argument("--out", default="runs/demo/search")
-    parser.add_argument("--limit", type=int, default=8)
+    parser = sub.add_parser("demo", help="run the main job: recipes/tiny_cpu.yaml on the embedded default model")
+    parser.add_argument("--runs-dir", default="runs")
+    parser.add_argument("--set", action="append", default=[], help="override: KEY.PATH=VALUE")
     parser.set_defaults(func=cmd_demo)
     search = sub.add_parser("search", help="step-wise search with self-judging; writes DPO step pairs")
     from openrlhf_psr.cli.search import add_arguments
@@ -30,13 +26,15 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from openrlhf_psr.cli.search import main
+def tiny_cpu_recipe() -> Path:
+    path = Path(__file__).resolve().parents[2] / "recipes" / "tiny_cpu.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the demo runs from a checkout of the repository")
+    return path
 
-    return main(
-        [
-            "--problems", "builtin:arith", "--limit", str(args.limit), "--out", args.out,
-            "--judge", "logit", "--aggregate", "prob", "--width", "4", "--max-rounds", "8",
-            "--max-tokens-per-step", "96", "--max-model-len", "2048",
-        ]
-    )  # fmt: skip
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from openrlhf_psr.cli.main import cmd_run
+
+    return cmd_run(argparse.Namespace(recipe=str(tiny_cpu_recipe()), set=args.set, runs_dir=args.runs_dir,
+                                      dry_run=False))  # fmt: skip

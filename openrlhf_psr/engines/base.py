@@ -50,10 +50,16 @@ class Engine(ABC):
 
 
 def to_vllm_params(request: SampleRequest):
-    """vLLM ``SamplingParams`` for a request (vLLM imported lazily: the interface stays light)."""
+    """vLLM ``SamplingParams`` for a request (vLLM imported lazily: the interface stays light).
+
+    ``output_kind=FINAL_ONLY``: an async engine (upstream's ``RolloutRayActor.generate`` keeps only the last
+    streamed ``RequestOutput``) would otherwise return just the last finished of the ``n`` samples.
+    """
     from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
 
     return SamplingParams(
+        output_kind=RequestOutputKind.FINAL_ONLY,
         n=request.n,
         temperature=request.temperature,
         top_p=request.top_p,
@@ -66,3 +72,23 @@ def to_vllm_params(request: SampleRequest):
 
 def from_vllm_output(output) -> list[Sample]:
     return [Sample(c.text, tuple(c.token_ids), c.finish_reason or "length", c.stop_reason) for c in output.outputs]
+
+
+class CountingEngine(Engine):
+    """Wraps an engine and counts calls, requests, sequences and generated tokens (for statistics and benches)."""
+
+    def __init__(self, inner: Engine):
+        self.inner = inner
+        self.tokenizer = inner.tokenizer
+        self.calls = self.requests = self.sequences = self.generated_tokens = 0
+
+    def generate(self, requests: Sequence[SampleRequest]) -> list[list[Sample]]:
+        out = self.inner.generate(requests)
+        self.calls += 1
+        self.requests += len(requests)
+        self.sequences += sum(len(o) for o in out)
+        self.generated_tokens += sum(len(s.token_ids) for o in out for s in o)
+        return out
+
+    def close(self) -> None:
+        self.inner.close()

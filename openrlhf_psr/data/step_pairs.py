@@ -1,0 +1,180 @@
+"""The step-pair dataset for step-level DPO (SPEC "Step-wise DPO").
+
+Sources:
+- a search output directory (``pairs/shard-*.jsonl``): prompt and step token ids are used exactly as generated;
+- a plain JSONL of ``{prompt, prefix_steps, chosen, rejected}`` rows (Step-DPO-style data): the problem is rendered
+  (paper's step prompt by default) and wrapped in the chat template (knob), the prefix steps are tokenised after it,
+  each step is tokenised on its own, and the ids are concatenated, so the prompt mask is exact even where BPE would
+  merge across the boundary. A step's own delimiter/whitespace stays in its text; EOS is appended to a final step
+  only (``is_final`` field, else "holds a complete ``\\boxed{}``").
+
+Rows whose chosen or rejected step is empty, or where both are identical, are skipped and counted; rows longer than
+``max_len`` keep both steps and lose prefix tokens from the left (counted), or are dropped when the steps alone do
+not fit (counted). Nothing is lost silently: :class:`PairStats` is printed and saved by the trainer.
+
+Each item is one packed row for :mod:`openrlhf_psr.trainers.shared_prefix`. ``collate_fn`` fills the five slots of
+OpenRLHF's ``DPOTrainer`` loop as ``(ids, segments, positions, reference_logps, meta)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from openrlhf_psr.prompts import prompt_token_ids, render_step_prompt
+from openrlhf_psr.shards import ShardStore, read_jsonl
+from openrlhf_psr.steps import extract_boxed
+
+
+@dataclass(frozen=True)
+class StepPair:
+    prompt_ids: tuple[int, ...]  # problem (+ chat template) + accepted prefix
+    chosen_ids: tuple[int, ...]
+    rejected_ids: tuple[int, ...]
+    source: str  # "file:line" or "problem_id/step", for error messages
+
+
+@dataclass
+class PairStats:
+    rows: int = 0
+    kept: int = 0
+    skipped_empty: int = 0
+    skipped_identical: int = 0
+    truncated_prefix: int = 0
+    truncated_tokens: int = 0
+    dropped_too_long: int = 0
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    def note(self, kind: str, source: str) -> None:
+        setattr(self, kind, getattr(self, kind) + 1)
+        self.examples.setdefault(kind, [])
+        if len(self.examples[kind]) < 5:
+            self.examples[kind].append(source)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def pairs_from_search(directory: str | Path) -> Iterator[StepPair]:
+    for record in ShardStore(directory).read("pairs"):
+        yield StepPair(
+            tuple(record["prompt_ids"]),
+            tuple(record["chosen_ids"]),
+            tuple(record["rejected_ids"]),
+            f"{record['problem_id']}/step{record['step_index']}",
+        )
+
+
+def pairs_from_jsonl(
+    path: str | Path,
+    tokenizer,
+    *,
+    prompt_key: str = "prompt",
+    prefix_key: str = "prefix_steps",
+    chosen_key: str = "chosen",
+    rejected_key: str = "rejected",
+    final_key: str = "is_final",
+    prompt_template: str = "psr",
+    chat_template: bool = True,
+) -> Iterator[StepPair]:
+    """Tokenise plain step-pair rows; a missing field is an error naming the file and line."""
+    if prompt_template not in ("psr", "raw"):
+        raise ValueError(f"prompt_template {prompt_template!r}: expected 'psr' (the paper's step prompt) or 'raw'")
+    eos = tokenizer.eos_token_id
+    for line, row in enumerate(read_jsonl(Path(path)), 1):
+        for key in (prompt_key, chosen_key, rejected_key):
+            if key not in row:
+                raise KeyError(f"{path}:{line}: missing field {key!r} (fields: {sorted(row)})")
+        problem = str(row[prompt_key])
+        text = render_step_prompt(problem) if prompt_template == "psr" else problem
+        ids = prompt_token_ids(tokenizer, text, chat_template=chat_template)
+        prefix = row.get(prefix_key) or []
+        if isinstance(prefix, str):
+            prefix = [prefix]
+        prefix_text = "".join(s if s.endswith(("\n", " ")) else s + "\n" for s in map(str, prefix))
+        if prefix_text:
+            ids = ids + tokenizer.encode(prefix_text, add_special_tokens=False)
+        steps = []
+        for key in (chosen_key, rejected_key):
+            step = str(row[key])
+            final = bool(row[final_key]) if final_key in row else extract_boxed(step) is not None
+            step_ids = tokenizer.encode(step, add_special_tokens=False) if step.strip() else []
+            if step_ids and final and eos is not None:
+                step_ids = step_ids + [eos]
+            steps.append(tuple(step_ids))
+        yield StepPair(tuple(ids), steps[0], steps[1], f"{path}:{line}")
+
+
+def load_step_pairs(source: str | Path, tokenizer=None, **jsonl_options) -> Iterator[StepPair]:
+    """A search directory, a JSONL file of plain rows, or several of either separated by commas."""
+    for part in str(source).split(","):
+        path = Path(part.strip())
+        if path.is_dir():
+            if not (path / "pairs").is_dir():
+                raise FileNotFoundError(f"{path}: not a search output directory (no pairs/ inside)")
+            yield from pairs_from_search(path)
+        elif path.is_file():
+            if tokenizer is None:
+                raise ValueError(f"{path}: plain JSONL pairs need a tokenizer")
+            yield from pairs_from_jsonl(path, tokenizer, **jsonl_options)
+        else:
+            raise FileNotFoundError(f"step-pair source {path} does not exist")
+
+
+class StepPairDataset:
+    """Packed ``[prefix | chosen | rejected]`` rows (a torch ``Dataset`` by protocol: ``__len__``/``__getitem__``)."""
+
+    def __init__(self, pairs: Iterable[StepPair], max_len: int, pad_token_id: int):
+        from openrlhf_psr.trainers.shared_prefix import pack_pair
+
+        self.stats = PairStats()
+        self.pad_token_id = pad_token_id
+        self.items: list[tuple[list[int], list[int], list[int]]] = []
+        self.sources: list[str] = []
+        for pair in pairs:
+            self.stats.rows += 1
+            prefix, chosen, rejected = list(pair.prompt_ids), list(pair.chosen_ids), list(pair.rejected_ids)
+            if not chosen or not rejected:
+                self.stats.note("skipped_empty", pair.source)
+                continue
+            if chosen == rejected:
+                self.stats.note("skipped_identical", pair.source)
+                continue
+            budget = max_len - len(chosen) - len(rejected)
+            if budget < 1:
+                self.stats.note("dropped_too_long", pair.source)
+                continue
+            if len(prefix) > budget:
+                self.stats.note("truncated_prefix", pair.source)
+                self.stats.truncated_tokens += len(prefix) - budget
+                prefix = prefix[-budget:]
+            self.items.append(pack_pair(prefix, chosen, rejected))
+            self.sources.append(pair.source)
+        self.stats.kept = len(self.items)
+        self.reference: list[tuple[float, float]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        ref = self.reference[index] if self.reference is not None else (math.nan, math.nan)
+        return (*self.items[index], ref, index)
+
+    def token_counts(self) -> tuple[int, int]:
+        """(prefix tokens, step tokens) over the dataset: the data behind the shared-prefix FLOP ceiling."""
+        prefix = sum(seg.count(1) for _, seg, _ in self.items)
+        return prefix, sum(len(seg) for _, seg, _ in self.items) - prefix
+
+    def collate_fn(self, batch):
+        """Pad packed rows; returns the five slots of OpenRLHF's DPO loop (see module docstring)."""
+        import torch
+
+        width = max(len(ids) for ids, *_ in batch)
+        pad = lambda xs, v: xs + [v] * (width - len(xs))  # noqa: E731
+        ids = torch.tensor([pad(b[0], self.pad_token_id) for b in batch])
+        segments = torch.tensor([pad(b[1], 0) for b in batch])
+        positions = torch.tensor([pad(b[2], 0) for b in batch])
+        reference = torch.tensor([b[3] for b in batch], dtype=torch.float32)
+        return ids, segments, positions, reference, [b[4] for b in batch]

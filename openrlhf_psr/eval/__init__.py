@@ -1,0 +1,1 @@
+"""Evaluation: benchmarks, graders, greedy and test-time-scaling generation, judge accuracy, step statistics."""

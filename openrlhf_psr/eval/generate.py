@@ -1,0 +1,76 @@
+"""Greedy evaluation through any engine (vLLM batched), graded, with format-following and step statistics."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+
+from openrlhf_psr.data.problems import Problem
+from openrlhf_psr.engines.base import Engine, SampleRequest
+from openrlhf_psr.prompts import prompt_token_ids, render_step_prompt
+from openrlhf_psr.steps import extract_boxed, parse_steps
+
+QWEN_COT_PROMPT = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+PROMPTS = {"step": render_step_prompt, "qwen_cot": lambda problem: QWEN_COT_PROMPT.format(problem=problem.strip())}
+
+
+def has_step_markers(text: str) -> bool:
+    """True when the solution writes the literal ``Step 1:`` marker the paper's prompt asks for."""
+    return "Step 1:" in text or "Step 1 :" in text
+
+
+def greedy_solutions(
+    engine: Engine,
+    problems: Sequence[Problem],
+    *,
+    prompt: str = "step",
+    max_tokens: int = 1024,
+    chat_template: bool = True,
+) -> list[str]:
+    """One greedy solution per problem, all in one batched engine call."""
+    if prompt not in PROMPTS:
+        raise ValueError(f"prompt {prompt!r}: expected one of {sorted(PROMPTS)}")
+    requests = [
+        SampleRequest(
+            tuple(prompt_token_ids(engine.tokenizer, PROMPTS[prompt](p.question), chat_template=chat_template)),
+            n=1,
+            temperature=0.0,
+            max_tokens=max_tokens,
+        )
+        for p in problems
+    ]
+    return [samples[0].text for samples in engine.generate(requests)]
+
+
+def score_solutions(problems: Sequence[Problem], texts: Sequence[str], tokenizer=None, grader=None) -> dict:
+    """Per-problem records and the metrics people compare: accuracy, format-following, step statistics."""
+    if grader is None:
+        from openrlhf_psr.grading import is_correct as grader
+    records = []
+    for p, text in zip(problems, texts, strict=True):
+        answer = extract_boxed(text)
+        steps = parse_steps(text)
+        step_tokens = [len(tokenizer.encode(s, add_special_tokens=False)) for s in steps] if tokenizer else []
+        records.append(
+            {
+                "id": p.id,
+                "gold": p.answer,
+                "answer": answer,
+                "correct": bool(grader(answer, p.answer)) if p.answer is not None else None,
+                "step_markers": has_step_markers(text),
+                "steps": len(steps),
+                "step_tokens": step_tokens,
+                "text": text,
+            }
+        )
+    graded = [r["correct"] for r in records if r["correct"] is not None]
+    all_step_tokens = [t for r in records for t in r["step_tokens"]]
+    metrics = {
+        "n": len(records),
+        "accuracy": sum(graded) / len(graded) if graded else None,
+        "boxed_rate": sum(r["answer"] is not None for r in records) / len(records) if records else 0.0,
+        "step_marker_rate": sum(r["step_markers"] for r in records) / len(records) if records else 0.0,
+        "mean_steps": statistics.fmean(r["steps"] for r in records) if records else 0.0,
+        "mean_step_tokens": statistics.fmean(all_step_tokens) if all_step_tokens else None,
+    }
+    return {"metrics": metrics, "records": records}

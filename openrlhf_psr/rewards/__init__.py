@@ -1,0 +1,1 @@
+"""Reward functions for plain OpenRLHF (``--reward.remote_url <file.py>``)."""

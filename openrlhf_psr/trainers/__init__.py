@@ -1,0 +1,1 @@
+"""Trainers: step-level DPO on OpenRLHF's DPOTrainer and DeepSpeed strategy."""

@@ -1,0 +1,40 @@
+"""Trainer plugins: how a recipe's DPO stage becomes a command. A third-party trainer registers the same way."""
+
+from __future__ import annotations
+
+
+class TrainerPlugin:
+    """Builds the launcher stage that trains M(t) -> M(t+1) on iteration t's pairs."""
+
+    module = ""
+
+    def stage(self, run, t: int):
+        """Return a :class:`openrlhf_psr.launcher.Stage` whose output is ``iter_<t>/model/config.json``."""
+        raise NotImplementedError
+
+
+class StepDPOPlugin(TrainerPlugin):
+    """``openrlhf_psr.cli.train_step_dpo`` with upstream's flags; ``psr.trainer.settings`` become ``--psr.*``."""
+
+    module = "openrlhf_psr.cli.train_step_dpo"
+
+    def stage(self, run, t: int):
+        from openrlhf_psr.launcher import Stage, _flag_args
+
+        r, d = run.recipe, run.recipe.dpo
+        it = run.root / f"iter_{t}"
+        reference = run.model(t) if d.reference == "previous" else run.model(1)
+        cmd = run._trainer(self.module) + [
+            "--model.model_name_or_path", run.model(t), "--ref.model_name_or_path", reference,
+            "--data.dataset", str(it / "search"), "--data.max_len", str(d.max_len),
+            "--train.max_epochs", str(d.epochs), "--adam.lr", str(d.lr), "--model.beta", str(d.beta),
+            "--train.batch_size", str(d.batch_size), "--train.micro_batch_size", str(d.micro_batch_size),
+            "--train.seed", str(r.seed + t), "--ds.zero_stage", "2", *run._common_ds(),
+            "--ckpt.output_dir", str(it / "model"), "--ckpt.path", str(it / "dpo" / "ckpt"),
+            "--ckpt.save_steps", "10", "--ckpt.load_enable",
+            "--logger.logging_steps", "1", "--logger.tensorboard_dir", str(it / "dpo" / "tb"),
+            "--psr.chat_template", "on" if r.psr.chat_template else "off",
+        ]  # fmt: skip
+        cmd += _flag_args({f"--psr.{k}": v for k, v in r.psr.trainer.settings.items()})
+        cmd += _flag_args(r.openrlhf.get("dpo", {}))
+        return Stage(f"iter_{t}/dpo", cmd, it / "model" / "config.json", distributed=True)

@@ -1,0 +1,77 @@
+"""The launcher's plan: stage order, the model chain M0 -> M1 -> M2, reference choice, cluster wrapping; and the
+report built from stage outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from openrlhf_psr.launcher import RecipeRun
+from openrlhf_psr.recipe import load_recipe
+
+pytestmark = pytest.mark.unit
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+
+
+def _after(cmd, flag):
+    return cmd[cmd.index(flag) + 1]
+
+
+def test_tiny_plan_orders_stages_and_chains_models(tmp_path):
+    overrides = ["stages.iterations=2", "stages.prompts_per_iteration=[4, 6]"]
+    run = RecipeRun(load_recipe(RECIPES / "tiny_cpu.yaml", overrides), runs_dir=tmp_path)
+    stages = {s.name: s for s in run.plan()}
+    assert list(stages) == ["eval_m0", "sft_data", "sft", "eval_m1", "iter_1/search", "iter_1/dpo", "iter_1/eval",
+                            "iter_2/search", "iter_2/dpo", "iter_2/eval", "report"]  # fmt: skip
+    m1 = str(tmp_path / "tiny_cpu" / "sft" / "model")
+    assert _after(stages["sft"].command, "--ckpt.output_dir") == m1
+    assert _after(stages["iter_1/search"].command, "--model") == m1
+    assert _after(stages["iter_1/dpo"].command, "--model.model_name_or_path") == m1
+    assert _after(stages["iter_1/dpo"].command, "--ref.model_name_or_path") == m1  # reference = previous
+    m2 = str(tmp_path / "tiny_cpu" / "iter_1" / "model")
+    assert _after(stages["iter_2/search"].command, "--model") == m2
+    assert _after(stages["iter_2/dpo"].command, "--ref.model_name_or_path") == m2
+    # disjoint training prompts per iteration
+    assert _after(stages["iter_1/search"].command, "--subset") == "0:4"
+    assert _after(stages["iter_2/search"].command, "--subset") == "4:10"
+    assert stages["sft"].distributed and stages["iter_1/dpo"].distributed and not stages["iter_1/search"].distributed
+
+
+def test_reference_m1_knob_and_cluster_wrapping(tmp_path):
+    recipe = load_recipe(RECIPES / "tiny_cpu.yaml", ["stages.iterations=2", "stages.prompts_per_iteration=[4, 6]",
+                                                     "dpo.reference=m1", "resources.launcher=ray_job",
+                                                     "resources.num_gpus=8"])  # fmt: skip
+    run = RecipeRun(recipe, runs_dir=tmp_path)
+    stages = {s.name: s for s in run.plan()}
+    m1 = str(tmp_path / "tiny_cpu" / "sft" / "model")
+    assert _after(stages["iter_2/dpo"].command, "--ref.model_name_or_path") == m1
+    assert stages["iter_2/dpo"].command[:4] == ["deepspeed", "--num_gpus", "8", "--module"]
+    wrapped = run.wrap(stages["iter_1/search"])
+    assert wrapped[:3] == ["ray", "job", "submit"] and wrapped[wrapped.index("--") + 1] == "python"
+    assert json.loads(_after(wrapped, "--runtime-env-json"))["working_dir"] == "."
+
+
+def test_report_builds_tables_plots_and_json_from_stage_outputs(tmp_path):
+    from openrlhf_psr.cli.report import build_report
+
+    run = tmp_path / "r"
+
+    def ev(path, acc, steps):
+        path.mkdir(parents=True)
+        metrics = {"accuracy": acc, "boxed_rate": 0.5, "step_marker_rate": 0.25, "mean_steps": steps,
+                   "mean_step_tokens": 20.0}  # fmt: skip
+        judges = {"logit/builtin": {"accuracy": 0.5, "consistency": 0.0, "abstention_rate": 0.0,
+                                    "prob_accuracy": 0.6, "always_a_rate": 1.0}}  # fmt: skip
+        (path / "eval.json").write_text(json.dumps({"benchmarks": {"arith": {"metrics": metrics}}, "judges": judges}))
+
+    ev(run / "m0" / "eval", 0.1, 2.0)
+    ev(run / "sft" / "eval", 0.4, 3.0)
+    ev(run / "iter_1" / "eval", 0.5, 3.5)
+    summary = build_report(run)
+    assert list(summary["models"]) == ["M0", "M1", "M2"]
+    assert summary["models"]["M2"]["average"] == 0.5
+    table = (run / "report" / "summary.md").read_text()
+    assert "| M1 | 40.0 | 40.0 |" in table and "P(better) accuracy" in table
+    assert (run / "report" / "accuracy_and_steps.png").stat().st_size > 1000
