@@ -62,7 +62,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chat-template", type=lambda s: s.lower() in ("1", "true", "on"), default=True)
     parser.add_argument("--max-model-len", type=int, default=4096)
     parser.add_argument("--seed", type=int, default=0)
+    tts = parser.add_argument_group("test-time scaling: the step-wise search with self-judging at inference")
+    tts.add_argument("--tts-benchmark", action="append", default=[], help="benchmark names to also run with search")
+    tts.add_argument("--tts-width", type=int, default=6, help="candidates per step (paper: 6)")
+    tts.add_argument("--tts-temperature", type=float, default=0.5, help="paper: 0.5")
+    tts.add_argument("--tts-max-rounds", type=int, default=20)
+    tts.add_argument("--tts-judge", default="logit", help="judge plugin for the search")
     args = parser.parse_args(argv)
+    unknown = set(args.tts_benchmark) - {parse_spec(s)[0] for s in args.benchmark}
+    if unknown:
+        parser.error(f"--tts-benchmark {sorted(unknown)} must also be given as --benchmark")
 
     from openrlhf_psr.engines.vllm_local import VLLMLocalEngine
     from openrlhf_psr.eval.generate import greedy_solutions, score_solutions
@@ -83,6 +92,21 @@ def main(argv: list[str] | None = None) -> int:
         result["benchmarks"][name] = scored
         print(f"{name}: {json.dumps(scored['metrics'])}", flush=True)
     context = JudgeContext(model=args.model, engine=engine)
+    if args.tts_benchmark:
+        from openrlhf_psr.eval.tts import run_test_time_scaling
+        from openrlhf_psr.search import SearchConfig
+
+        config = SearchConfig(width=args.tts_width, temperature=args.tts_temperature, max_rounds=args.tts_max_rounds,
+                              aggregate="prob" if args.tts_judge == "logit" else "verdict", seed=args.seed,
+                              max_tokens_per_step=min(256, args.max_tokens),
+                              chat_template=args.chat_template)  # fmt: skip
+        judge = build_judge(args.tts_judge, context)
+        result["test_time_scaling"] = {}
+        for name, problems in benchmarks:
+            if name in args.tts_benchmark:
+                metrics = run_test_time_scaling(engine, judge, problems, Path(args.out) / "tts" / name, config)
+                result["test_time_scaling"][name] = metrics
+                print(f"test-time scaling {name}: {json.dumps(metrics)}", flush=True)
     for judge_name in args.judge:
         settings = {"max_tokens": args.judge_max_tokens} if judge_name == "generative" else {}
         judge = build_judge(judge_name, context, **settings)

@@ -60,6 +60,7 @@ def build_report(run: Path) -> dict:
                 for b in e["benchmarks"]
             },  # fmt: skip
             "judges": e["judges"],
+            "test_time_scaling": e.get("test_time_scaling", {}),
         }
     md = [f"# Report: {run.name}", "", "## Accuracy (%, greedy; Table 1)", ""]
     md.append(_table(["model", *benchmarks, "average"], [
@@ -90,6 +91,14 @@ def build_report(run: Path) -> dict:
                                  _fmt(r["prob_accuracy"], True), _fmt(r["always_a_rate"], True)])  # fmt: skip
         md.append(_table(["model", "judge/set", "accuracy", "position consistency", "parseable verdicts",
                           "P(better) accuracy", "answers A"], rows))  # fmt: skip
+    tts_rows = [
+        [m, b, _fmt(summary["models"][m]["accuracy"].get(b), True), _fmt(t["accuracy"], True), str(t["width"])]
+        for m, s in summary["models"].items()
+        for b, t in s["test_time_scaling"].items()
+    ]
+    if tts_rows:
+        md += ["", "## Test-time scaling (Table 5: greedy vs step-wise search with self-judging, accuracy %)", ""]
+        md.append(_table(["model", "benchmark", "greedy", "search", "width"], tts_rows))
     if searches:
         md += ["", "## Self-judged search per iteration", ""]
         keys = ["problems", "pairs", "pairs_per_problem", "rollbacks", "abstention_rate", "position_consistency",

