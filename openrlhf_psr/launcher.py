@@ -86,7 +86,8 @@ class RecipeRun:
         ev = self.recipe.data.eval
         cmd = [self.python, "-m", "openrlhf_psr.cli.evaluate", "--model", self.model(t), "--out", str(out),
                "--max-tokens", str(ev.max_tokens), "--judge-max-tokens", str(ev.judge_max_tokens),
-               "--prompt", ev.prompt, "--chat-template", str(self.recipe.psr.chat_template).lower(),
+               "--prompt", ev.prompt, "--fewshot", str(ev.fewshot),
+               "--chat-template", str(self.recipe.psr.chat_template).lower(),
                "--max-model-len", str(self.recipe.psr.search.max_model_len),
                "--seed", str(self.recipe.seed)]  # fmt: skip
         if ev.data_root:

@@ -62,6 +62,7 @@ class EvalSpec(_Section):
     max_tokens: int = Field(1024, gt=0, description="generation cap per solution")
     judge_max_tokens: int = Field(256, gt=0, description="generative judge explanation cap in evaluation")
     prompt: Literal["step", "qwen_cot"] = Field("step", description="the paper's step prompt or Qwen's CoT prompt")
+    fewshot: int = Field(0, ge=0, description="worked examples prepended to each problem (base models)")
 
 
 class DataSpec(_Section):

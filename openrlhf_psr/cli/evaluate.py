@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--judge-max-tokens", type=int, default=256)
     parser.add_argument("--max-tokens", type=int, default=1024)
     parser.add_argument("--prompt", default="step", choices=["step", "qwen_cot"])
+    parser.add_argument("--fewshot", type=int, default=0, help="worked examples prepended (for base models)")
     parser.add_argument("--chat-template", type=lambda s: s.lower() in ("1", "true", "on"), default=True)
     parser.add_argument("--max-model-len", type=int, default=4096)
     parser.add_argument("--seed", type=int, default=0)
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, problems in benchmarks:
         start = time.perf_counter()
         texts = greedy_solutions(engine, problems, prompt=args.prompt, max_tokens=args.max_tokens,
-                                 chat_template=args.chat_template)  # fmt: skip
+                                 chat_template=args.chat_template, fewshot=args.fewshot)  # fmt: skip
         scored = score_solutions(problems, texts, tokenizer=engine.tokenizer)
         scored["metrics"]["seconds"] = time.perf_counter() - start
         result["benchmarks"][name] = scored

@@ -75,39 +75,41 @@ def corrupt_step(step: str, rng: random.Random) -> str | None:
     return step[:last_start] + str(wrong) + step[last_end:]
 
 
-def builtin_sft(n_ift: int = 64, n_eft: int = 64, seed: int = 0) -> list[dict]:
-    """IFT and EFT records from the built-in arithmetic task (different problems for each)."""
+def builtin_corrupted_steps(n: int, seed: int):
+    """``n`` (problem, step index, wrong step) triples from the built-in task: one step of a correct reference
+    solution with its result changed, so which step is better is known."""
     from openrlhf_psr.data.arith import make_problem
 
-    rng = random.Random(seed)
-    records = [ift_record(p.question, p.steps) for p in (make_problem(seed, i) for i in range(n_ift))]
-    index = n_ift
-    while sum(r["kind"] == "eft" for r in records) < 2 * n_eft:
+    rng, index, made = random.Random(seed), 0, 0
+    while made < n:
         p = make_problem(seed, index)
         index += 1
         k = rng.randrange(len(p.steps))
         wrong = corrupt_step(p.steps[k], rng)
         if wrong is not None:
-            records += eft_records(p.question, p.steps[:k], p.steps[k], wrong, "its arithmetic result is incorrect.")
+            made += 1
+            yield p, k, wrong
+
+
+def builtin_sft(n_ift: int = 64, n_eft: int = 64, seed: int = 0) -> list[dict]:
+    """IFT and EFT records from the built-in arithmetic task (different problems for each)."""
+    from openrlhf_psr.data.arith import make_problem
+
+    records = [ift_record(p.question, p.steps) for p in (make_problem(seed, i) for i in range(n_ift))]
+    for p, k, wrong in builtin_corrupted_steps(n_eft, seed + 7919):  # another seed: problems unlike the IFT ones
+        records += eft_records(p.question, p.steps[:k], p.steps[k], wrong, "its arithmetic result is incorrect.")
     return records
 
 
 def builtin_step_pairs(n: int, seed: int = 0) -> list[dict]:
     """Plain step-pair rows (``prompt, prefix_steps, chosen, rejected, is_final``) from the built-in task: the
-    reference step against the same step with a wrong result; a non-final step keeps its "\n" separator."""
-    from openrlhf_psr.data.arith import make_problem
-
-    rng, rows, index = random.Random(seed), [], 0
-    while len(rows) < n:
-        p = make_problem(seed, index)
-        index += 1
-        k = rng.randrange(len(p.steps))
-        wrong = corrupt_step(p.steps[k], rng)
-        if wrong:
-            final = k == len(p.steps) - 1
-            sep = "" if final else "\n"
-            rows.append({"prompt": p.question, "prefix_steps": list(p.steps[:k]), "chosen": p.steps[k] + sep,
-                         "rejected": wrong + sep, "is_final": final})  # fmt: skip
+    reference step against the same step with a wrong result; a non-final step keeps its "\\n" separator."""
+    rows = []
+    for p, k, wrong in builtin_corrupted_steps(n, seed):
+        final = k == len(p.steps) - 1
+        sep = "" if final else "\n"
+        rows.append({"prompt": p.question, "prefix_steps": list(p.steps[:k]), "chosen": p.steps[k] + sep,
+                     "rejected": wrong + sep, "is_final": final})  # fmt: skip
     return rows
 
 

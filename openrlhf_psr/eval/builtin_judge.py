@@ -9,18 +9,10 @@ from openrlhf_psr.eval.judge_accuracy import LabelledPair
 
 def builtin_judge_pairs(n: int, seed: int = 1000) -> list[LabelledPair]:
     """``seed`` defaults far from the training seeds, so these problems are not in the SFT data."""
-    from openrlhf_psr.data.arith import make_problem
-    from openrlhf_psr.data.sft import corrupt_step
+    from openrlhf_psr.data.sft import builtin_corrupted_steps
 
-    rng, out, index = random.Random(seed), [], 0
-    while len(out) < n:
-        p = make_problem(seed, index)
-        index += 1
-        k = rng.randrange(len(p.steps))
-        wrong = corrupt_step(p.steps[k], rng)
-        if wrong:
-            out.append(LabelledPair(p.question, tuple(p.steps[:k]), p.steps[k], wrong))
-    return out
+    return [LabelledPair(p.question, tuple(p.steps[:k]), p.steps[k], wrong) for p, k, wrong in
+            builtin_corrupted_steps(n, seed)]  # fmt: skip
 
 
 def prm800k_judge_pairs(path: str, limit: int | None = None, seed: int = 0) -> list[LabelledPair]:

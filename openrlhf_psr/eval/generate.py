@@ -19,6 +19,18 @@ def has_step_markers(text: str) -> bool:
     return "Step 1:" in text or "Step 1 :" in text
 
 
+def fewshot_prefix(shots: int, seed: int = 12345) -> str:
+    """``shots`` worked examples in the ``Step n:`` format (built-in task, disjoint seed), for base models that
+    follow a pattern better than an instruction.
+
+    >>> fewshot_prefix(1).count("Problem:"), "boxed{" in fewshot_prefix(1)
+    (1, True)
+    """
+    from openrlhf_psr.data.arith import make_problems
+
+    return "".join(f"Problem: {p.question}\n{p.solution}\n\n" for p in make_problems(shots, seed=seed))
+
+
 def greedy_solutions(
     engine: Engine,
     problems: Sequence[Problem],
@@ -26,13 +38,17 @@ def greedy_solutions(
     prompt: str = "step",
     max_tokens: int = 1024,
     chat_template: bool = True,
+    fewshot: int = 0,
 ) -> list[str]:
-    """One greedy solution per problem, all in one batched engine call."""
+    """One greedy solution per problem, all in one batched engine call (``fewshot`` examples prepended)."""
     if prompt not in PROMPTS:
         raise ValueError(f"prompt {prompt!r}: expected one of {sorted(PROMPTS)}")
+    prefix = fewshot_prefix(fewshot) if fewshot else ""
     requests = [
         SampleRequest(
-            tuple(prompt_token_ids(engine.tokenizer, PROMPTS[prompt](p.question), chat_template=chat_template)),
+            tuple(
+                prompt_token_ids(engine.tokenizer, prefix + PROMPTS[prompt](p.question), chat_template=chat_template)
+            ),
             n=1,
             temperature=0.0,
             max_tokens=max_tokens,

@@ -18,9 +18,14 @@ pytestmark = pytest.mark.unit
 
 
 def test_doctests():
+    import openrlhf_psr.data.arith as arith
     import openrlhf_psr.data.problems as problems
+    import openrlhf_psr.eval.generate as generate
+    import openrlhf_psr.grading as grading
+    import openrlhf_psr.srlm as srlm
 
-    assert doctest.testmod(sft).failed == 0 and doctest.testmod(problems).failed == 0
+    for module in (sft, problems, arith, generate, grading, srlm):
+        assert doctest.testmod(module).failed == 0, module.__name__
 
 
 def test_score_solutions_reports_accuracy_format_and_steps():

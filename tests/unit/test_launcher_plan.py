@@ -75,3 +75,14 @@ def test_report_builds_tables_plots_and_json_from_stage_outputs(tmp_path):
     table = (run / "report" / "summary.md").read_text()
     assert "| M1 | 40.0 | 40.0 |" in table and "P(better) accuracy" in table
     assert (run / "report" / "accuracy_and_steps.png").stat().st_size > 1000
+
+
+def test_cluster_scripts_are_valid_bash():
+    import subprocess
+
+    scripts = sorted((Path(__file__).resolve().parents[2] / "scripts").rglob("*.sh"))
+    scripts += sorted((Path(__file__).resolve().parents[2] / "scripts" / "cluster").glob("*.sbatch"))
+    assert len(scripts) >= 5
+    for script in scripts:
+        proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert proc.returncode == 0, f"{script}: {proc.stderr}"
