@@ -9,7 +9,6 @@ Uses ../shared/data/eval when present, else the built-in task.
 from __future__ import annotations
 
 import argparse
-import resource
 import time
 from pathlib import Path
 
@@ -46,8 +45,6 @@ def main() -> None:
     single_acc = score_solutions(problems, single, tokenizer=engine.tokenizer)["metrics"]["accuracy"]
     looped = time.perf_counter() - start
 
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
     n = len(problems)
     print(f"\nmodel={args.model} benchmark={args.benchmark} problems={n} greedy max_tokens={args.max_tokens}")
     print(f"{'':22}{'problems/s':>12}{'seconds':>10}{'accuracy':>10}")
@@ -55,8 +52,12 @@ def main() -> None:
     print(f"{'one at a time':22}{n / looped:>12.2f}{looped:>10.1f}{single_acc:>10.3f}")
     print(f"\nspeed-up batched / one at a time: {looped / batched:.2f}x")
     print(f"identical greedy outputs: {sum(a == b for a, b in zip(texts, single, strict=True))}/{n}")
-    print(f"peak RSS: this process {own:.2f} GiB, children (engine core) {children:.2f} GiB")
 
 
 if __name__ == "__main__":
-    main()
+    from _memory import PeakRSS
+
+    with PeakRSS() as memory:
+        main()
+    own, total = memory.gib()
+    print(f"peak RSS: this process {own:.2f} GiB, with its children (vLLM engine core) {total:.2f} GiB")

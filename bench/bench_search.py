@@ -19,16 +19,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import resource
 import tempfile
 import time
 from pathlib import Path
-
-
-def peak_rss_gib() -> tuple[float, float]:
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
-    return own, children
 
 
 class NaiveEngine:
@@ -160,7 +153,6 @@ def main() -> None:
         n_count.generated_tokens / n_elapsed,
         c_tokens / c_elapsed,
     )
-    own, children = peak_rss_gib()
     rows = [
         ("batched search", f"{b_ppm:.2f}", f"{b_tps:.1f}", b_count.calls, f"{b_elapsed:.1f}"),
         ("naive loop", f"{n_ppm:.2f}", f"{n_tps:.1f}", n_count.calls, f"{n_elapsed:.1f}"),
@@ -182,8 +174,12 @@ def main() -> None:
     )
     print(f"knockout vs round robin on {agreement['rounds']} rounds: same best {agreement['same_best']}, "
           f"same worst {agreement['same_worst']}")  # fmt: skip
-    print(f"peak RSS: this process {own:.2f} GiB, children (engine core) {children:.2f} GiB")
 
 
 if __name__ == "__main__":
-    main()
+    from _memory import PeakRSS
+
+    with PeakRSS() as memory:
+        main()
+    own, total = memory.gib()
+    print(f"peak RSS: this process {own:.2f} GiB, with its children (vLLM engine core) {total:.2f} GiB")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
 import subprocess
@@ -65,15 +64,18 @@ def make_rows(n: int, tokenizer, max_len: int, seed: int = 0) -> list[dict]:
 
 
 def run(cmd: list[str], env: dict) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS GiB of the child and its waited descendants, stderr tail)."""
+    """(wall seconds, peak RSS GiB of the training process and its descendants, stderr)."""
+    from _memory import PeakRSS
+
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    stderr = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
+    with PeakRSS(pid=proc.pid) as memory:
+        stderr = proc.stderr.read()
+        proc.wait()
     wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
+    if proc.returncode != 0:
         raise RuntimeError(f"{cmd[2]} failed:\n{stderr[-3000:]}")
-    return wall, usage.ru_maxrss / 2**20, stderr
+    return wall, memory.gib()[1], stderr
 
 
 def loop_seconds(tb_dir: Path) -> tuple[float, int]:
