@@ -91,10 +91,10 @@ def loop_seconds(tb_dir: Path) -> tuple[float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="default")
-    parser.add_argument("--pairs", type=int, default=48)
+    parser.add_argument("--pairs", type=int, default=32)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--micro-batch", type=int, default=4)
-    parser.add_argument("--max-len", type=int, default=1024)
+    parser.add_argument("--micro-batch", type=int, default=2)
+    parser.add_argument("--max-len", type=int, default=768)
     parser.add_argument("--zero-stage", default="2")
     args = parser.parse_args()
 
