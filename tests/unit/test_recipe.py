@@ -48,8 +48,18 @@ def test_unknown_plugin_is_an_error_with_a_suggestion(tmp_path):
 
 
 def test_validation_is_fast_because_it_imports_no_heavy_stack(tmp_path):
-    load_recipe(RECIPES / "tiny_cpu.yaml")
-    assert not any(m in sys.modules for m in ("vllm", "deepspeed", "ray")), "recipe loading pulled in the stack"
+    import subprocess
+
+    bad = _write(tmp_path, {**BASE, "psr": {"search": {"widht": 4}}})
+    code = (
+        "import sys\nfrom openrlhf_psr.recipe import load_recipe, RecipeError\n"
+        f"load_recipe({str(RECIPES / 'tiny_cpu.yaml')!r})\n"
+        f"try:\n    load_recipe({str(bad)!r})\nexcept RecipeError:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'vllm', 'deepspeed', 'ray') if m in sys.modules))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]", f"recipe validation pulled in the heavy stack: {proc.stdout}"
 
 
 def test_overrides_use_dotted_paths_with_yaml_values(tmp_path):
