@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 
-class TrainerPlugin:
+
+class TrainerPlugin(ABC):
     """Builds the launcher stage that trains M(t) -> M(t+1) on iteration t's pairs."""
 
     module = ""
 
+    @abstractmethod
     def stage(self, run, t: int):
         """Return a :class:`openrlhf_psr.launcher.Stage` whose output is ``iter_<t>/model/config.json``."""
-        raise NotImplementedError
 
 
 class StepDPOPlugin(TrainerPlugin):
