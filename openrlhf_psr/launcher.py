@@ -10,10 +10,15 @@ Stages (``runs/<name>/``):
   ``iter_<t>/eval``    M(t+1) evaluated                                           -> ``iter_<t>/eval/``
   ``report``           tables, plots, JSON                                        -> ``report/``
 
-``manifest.json`` holds the recipe snapshot, package versions and each stage's state and command. A stage is
-skipped when the manifest says done *and* its output exists; an interrupted stage is rerun, and the stages
-resume inside themselves (search shards; DeepSpeed checkpoints with ``--ckpt.load_enable``). ``--dry-run`` prints
-the exact commands (``python -m``/``deepspeed --module`` locally, ``ray job submit`` for a cluster).
+``manifest.json`` holds the recipe snapshot, package versions and each stage's state, command and fingerprint
+(:mod:`openrlhf_psr.fingerprint`: content digests of the inputs its command names, model folders and data files,
+and of the resolved command). A stage is skipped when the manifest says done, its output exists *and* its
+fingerprint is unchanged. A stage whose fingerprint changed (a retrained model, an edited data file, a recipe
+change) reruns from scratch, its old outputs removed, and so does every later stage that builds on it (all but the
+evaluations); the progress output says which input changed. An interrupted stage with an unchanged fingerprint is
+resumed: the stages resume inside themselves (search shards; DeepSpeed checkpoints with ``--ckpt.load_enable``).
+``--dry-run`` prints the exact commands (``python -m``/``deepspeed --module`` locally, ``ray job submit`` for a
+cluster).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from openrlhf_psr.recipe import Recipe
+from openrlhf_psr.recipe import Recipe, absolute_paths, base_dir
 
 M0_NAME = "M0"
 
@@ -40,6 +45,8 @@ class Stage:
     distributed: bool = False  # needs the single-process DeepSpeed environment on CPU
     log: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
+    feeds_later: bool = True  # later stages build on its output: its rerun from scratch reruns them too
+    reads_all: bool = False  # reads every earlier stage's output (the report): reruns whenever one of them ran
 
 
 def _flag_args(flags: dict) -> list[str]:
@@ -56,9 +63,14 @@ def _flag_args(flags: dict) -> list[str]:
 
 
 class RecipeRun:
-    def __init__(self, recipe: Recipe, runs_dir: str | Path = "runs", python: str | None = None):
-        self.recipe = recipe
-        self.root = Path(runs_dir) / recipe.name
+    def __init__(self, recipe: Recipe, runs_dir: str | Path | None = None, python: str | None = None):
+        # Every path absolute before anything runs or is submitted: a stage may run in another folder (a Ray job in
+        # its unpacked copy of the working dir) and must still read the recipe's data and write the real runs dir.
+        # The runs dir: the argument, else the recipe's cluster.runs_dir, else runs/ (relative: to the base dir).
+        self.recipe = recipe = absolute_paths(recipe)
+        runs = Path(runs_dir if runs_dir is not None else recipe.cluster.runs_dir or "runs").expanduser()
+        self.runs_dir = Path(os.path.normpath(base_dir() / runs))
+        self.root = self.runs_dir / recipe.name
         # On a cluster the job runs in the workers' environment: plain `python` there; locally, this interpreter.
         self.python = python or ("python" if recipe.resources.launcher == "ray_job" else sys.executable)
         self.manifest_path = self.root / "manifest.json"
@@ -78,6 +90,15 @@ class RecipeRun:
             return ["deepspeed", "--num_gpus", str(gpus), "--module", module]
         return [self.python, "-m", module]
 
+    def _train_flags(self, stage: str) -> list[str]:
+        """The ``cluster`` section's DeepSpeed settings of a training stage; ``openrlhf:`` flags come later and win."""
+        spec = getattr(self.recipe.cluster, stage)
+        out = ["--ds.zero_stage", str(spec.zero_stage)]
+        out += ["--ds.adam_offload"] if spec.adam_offload else []
+        out += ["--model.gradient_checkpointing_enable"] if spec.gradient_checkpointing else []
+        out += ["--ref.offload"] if stage == "dpo" and spec.ref_offload else []
+        return out
+
     def _common_ds(self) -> list[str]:
         gpus = self.recipe.resources.num_gpus
         return ["--ds.param_dtype", "bf16", "--ds.attn_implementation", "flash_attention_2" if gpus else "sdpa"]
@@ -87,9 +108,13 @@ class RecipeRun:
         cmd = [self.python, "-m", "openrlhf_psr.cli.evaluate", "--model", self.model(t), "--out", str(out),
                "--max-tokens", str(ev.max_tokens), "--judge-max-tokens", str(ev.judge_max_tokens),
                "--prompt", ev.prompt, "--fewshot", str(ev.fewshot),
-               "--chat-template", str(self.recipe.psr.chat_template).lower(),
+               "--chat-template", _on_off(self.recipe.psr.chat_template),
                "--max-model-len", str(self.recipe.psr.search.max_model_len),
                "--seed", str(self.recipe.seed)]  # fmt: skip
+        from openrlhf_psr.plan import engine_settings  # the engine `plan` checked: cluster.eval's TP
+
+        for key, value in engine_settings(self.recipe, "eval").items():
+            cmd += ["--" + key.replace("_", "-"), str(value)]
         if ev.data_root:
             cmd += ["--data-root", ev.data_root]
         for spec in ev.benchmarks:
@@ -98,7 +123,7 @@ class RecipeRun:
             cmd += ["--judge-set", spec]
         for judge in ev.judges if ev.judge_sets else []:
             cmd += ["--judge", judge]
-        return Stage(f"eval_m{t}" if t <= 1 else f"iter_{t - 1}/eval", cmd, out / "eval.json")
+        return Stage(f"eval_m{t}" if t <= 1 else f"iter_{t - 1}/eval", cmd, out / "eval.json", feeds_later=False)
 
     def plan(self) -> list[Stage]:
         r, root = self.recipe, self.root
@@ -109,22 +134,24 @@ class RecipeRun:
         if r.stages.sft.enabled:
             sft = r.stages.sft
             data = root / "sft" / "data.jsonl"
-            cmd = [self.python, "-m", "openrlhf_psr.cli.sft_data", "--out", str(data), "--seed", str(r.seed)]
+            # The rows hold each example rendered for M0 in the recipe's format (chat or raw), exactly as the search
+            # and evaluation render prompts; the identity input template keeps upstream from wrapping them again.
+            cmd = [self.python, "-m", "openrlhf_psr.cli.sft_data", "--out", str(data), "--seed", str(r.seed),
+                   "--model", self.model(0), "--chat-template", _on_off(r.psr.chat_template)]  # fmt: skip
             cmd += [x for spec in r.data.ift for x in ("--ift", spec)]
             cmd += [x for spec in r.data.eft for x in ("--eft", spec)]
             stages.append(Stage("sft_data", cmd, data))
             train = self._trainer("openrlhf.cli.train_sft") + [
                 "--model.model_name_or_path", self.model(0), "--data.dataset", str(data),
-                "--data.input_key", "input", "--data.output_key", "output", "--data.max_len", str(sft.max_len),
+                "--data.input_key", "prompt", "--data.output_key", "response", "--data.input_template", "{}",
+                "--data.max_len", str(sft.max_len),
                 "--train.max_epochs", str(sft.epochs), "--adam.lr", str(sft.lr),
                 "--train.batch_size", str(sft.batch_size), "--train.micro_batch_size", str(sft.micro_batch_size),
-                "--train.seed", str(r.seed), "--ds.zero_stage", "2", *self._common_ds(),
+                "--train.seed", str(r.seed), *self._train_flags("sft"), *self._common_ds(),
                 "--ckpt.output_dir", str(root / "sft" / "model"), "--ckpt.path", str(root / "sft" / "ckpt"),
                 "--ckpt.save_steps", "20", "--ckpt.load_enable",
                 "--logger.logging_steps", "1", "--logger.tensorboard_dir", str(root / "sft" / "tb"),
             ]  # fmt: skip
-            if r.psr.chat_template:
-                train.append("--data.apply_chat_template")
             train += _flag_args(r.openrlhf.get("sft", {}))
             stages.append(Stage("sft", train, root / "sft" / "model" / "config.json", distributed=True))
             if has_eval:
@@ -144,33 +171,55 @@ class RecipeRun:
             if has_eval:
                 stages.append(self._eval(t + 1, it / "eval"))
         stages.append(Stage("report", [self.python, "-m", "openrlhf_psr.cli.report", str(root)],
-                            root / "report" / "summary.json"))  # fmt: skip
+                            root / "report" / "summary.json", reads_all=True))  # fmt: skip
         for stage in stages:
             stage.log = root / "logs" / (stage.name.replace("/", "_") + ".log")
         return stages
 
     def _search_command(self, t: int, offset: int, n: int) -> list[str]:
+        from openrlhf_psr.plan import engine_settings  # the generator settings with the cluster's engines x TP
+
         r, s, src = self.recipe, self.recipe.psr.search, self.recipe.data.prompts
         cmd = [self.python, "-m", "openrlhf_psr.cli.search", "--model", self.model(t),
                "--problems", src.source, "--question-key", src.question_key,
                "--answer-key", src.answer_key or "", "--answer-rule", src.answer_rule, "--split", src.split,
                "--subset", f"{offset}:{offset + n}", "--subset-seed", str(r.seed),
                "--out", str(self.root / f"iter_{t}" / "search"), "--seed", str(r.seed + t),
-               "--generator", r.psr.generator.name, "--generator-settings", json.dumps(r.psr.generator.settings),
+               "--generator", r.psr.generator.name, "--generator-settings", json.dumps(engine_settings(r, "search")),
                "--judge", r.psr.judge.name, "--judge-settings", json.dumps(r.psr.judge.settings),
                "--max-model-len", str(s.max_model_len), "--method", r.psr.method,
-               "--chat-template", str(r.psr.chat_template).lower()]  # fmt: skip
+               "--chat-template", _on_off(r.psr.chat_template)]  # fmt: skip
         for key in ("width", "temperature", "top_p", "max_tokens_per_step", "max_rounds", "tournament",
-                    "both_orders", "aggregate", "min_margin", "filter_wrong"):  # fmt: skip
+                    "both_orders", "aggregate", "min_margin", "filter_wrong", "drop_flagged"):  # fmt: skip
             value = getattr(s, key)
-            cmd += ["--" + key.replace("_", "-"), str(value).lower() if isinstance(value, bool) else str(value)]
+            cmd += ["--" + key.replace("_", "-"), _on_off(value) if isinstance(value, bool) else str(value)]
         return cmd
 
     # -- manifest --------------------------------------------------------------------------------------------
     def load_manifest(self) -> dict:
+        """The run's bookkeeping; a manifest that cannot be read is a one-line error naming file and line."""
         if self.manifest_path.is_file():
-            return json.loads(self.manifest_path.read_text())
+            return read_manifest(self.manifest_path)
         return {"recipe": self.recipe.model_dump(mode="json"), "stages": {}, "versions": _versions()}
+
+    @classmethod
+    def from_folder(cls, folder: Path) -> RecipeRun:
+        """The run in ``runs/<name>`` as its manifest recorded it (for ``status``)."""
+        from pydantic import ValidationError
+
+        from openrlhf_psr.errors import DataError
+        from openrlhf_psr.recipe import _format_error
+
+        path = Path(folder) / "manifest.json"
+        if not path.is_file():
+            found = "no manifest.json" if Path(folder).is_dir() else "no such folder"
+            raise DataError(f"{folder}: expected a run folder (runs/<name>) with manifest.json, found {found}")
+        manifest = read_manifest(path)
+        try:
+            recipe = Recipe.model_validate(manifest.get("recipe"))
+        except ValidationError as exc:
+            raise DataError.of(_format_error(f"{path}: recipe", exc)) from None
+        return cls(recipe, runs_dir=Path(folder).parent)
 
     def save_manifest(self, manifest: dict) -> None:
         from openrlhf_psr.shards import atomic_write_text
@@ -178,14 +227,72 @@ class RecipeRun:
         atomic_write_text(self.manifest_path, json.dumps(manifest, indent=2))
 
     def status(self) -> list[tuple[str, str]]:
+        """Each stage's state, and what a rerun would do to it (as far as it can be known before running)."""
         manifest = self.load_manifest()
-        out = []
+        hasher = self._hasher()
+        out, upstream = [], None
         for stage in self.plan():
-            state = manifest["stages"].get(stage.name, {}).get("state", "pending")
-            if state == "done" and not stage.output.exists():
+            record = manifest["stages"].get(stage.name, {})
+            state = record.get("state", "pending")
+            action, reason = self._decide(stage, record, self.fingerprint(stage, hasher), upstream, False)
+            if action == "restart":
+                state = f"{state} (will rerun: {reason})"
+                upstream = upstream or (stage.name if stage.feeds_later else None)
+            elif action == "run" and state == "done":
                 state = "done (output missing: will rerun)"
             out.append((stage.name, state))
+        _save_quietly(hasher)
         return out
+
+    # -- fingerprints ----------------------------------------------------------------------------------------
+    def _hasher(self):
+        from openrlhf_psr.fingerprint import ContentHasher
+
+        return ContentHasher(self.root / "fingerprint_cache.json")
+
+    def fingerprint(self, stage: Stage, hasher) -> dict:
+        """The stage's fingerprint (see :func:`openrlhf_psr.fingerprint.stage_fingerprint`); a cluster run's
+        paths live on the cluster, so only those that also exist here are read."""
+        from openrlhf_psr.fingerprint import stage_fingerprint
+
+        return stage_fingerprint(stage.command, hasher, run_root=self.root, python=self.python)
+
+    @staticmethod
+    def _decide(stage: Stage, record: dict, fingerprint: dict, upstream: str | None, ran: bool):
+        """(action, reason): ``skip``; ``restart`` (from scratch, old outputs removed); ``resume``; ``run``."""
+        from openrlhf_psr.fingerprint import changes
+
+        changed = changes(record.get("fingerprint"), fingerprint)
+        if changed:
+            return "restart", "changed since it ran: " + ", ".join(changed)
+        if upstream and record:
+            return "restart", f"an earlier stage it builds on ({upstream}) reran"
+        if stage.reads_all and ran and record:
+            return "restart", "earlier stages ran"
+        state = record.get("state")
+        if state == "done":
+            return ("skip", "") if stage.output.exists() else ("run", "its output is missing")
+        return ("resume", "") if state in ("running", "failed") else ("run", "")
+
+    def _clear_outputs(self, stage: Stage) -> list[str]:
+        """Remove what the stage wrote (its output flags' paths and its output file), inside the run folder only,
+        so that a rerun from scratch cannot resume from stale shards, checkpoints or caches."""
+        import shutil
+
+        from openrlhf_psr.fingerprint import command_paths
+
+        root = self.root.resolve()
+        removed = []
+        for path in [*map(Path, command_paths(stage.command)[1]), stage.output]:
+            resolved = path.resolve()
+            if root not in resolved.parents or not (resolved.exists() or resolved.is_symlink()):
+                continue
+            if resolved.is_dir() and not resolved.is_symlink():
+                shutil.rmtree(resolved)
+            else:
+                resolved.unlink()
+            removed.append(str(path))
+        return removed
 
     # -- execution -------------------------------------------------------------------------------------------
     def wrap(self, stage: Stage) -> list[str]:
@@ -196,8 +303,18 @@ class RecipeRun:
                     "--runtime-env-json", json.dumps(runtime_env), "--", *stage.command]  # fmt: skip
         return stage.command
 
+    def memory_plan(self) -> str:
+        """``openrlhf-psr plan`` for this recipe, as comment lines (what each stage needs against the cluster)."""
+        from openrlhf_psr.plan import PlanError, format_plan, plan_recipe
+
+        try:
+            text = format_plan(self.recipe, plan_recipe(self.recipe))
+        except PlanError as exc:
+            text = f"memory plan unavailable: {exc}"
+        return "\n".join(f"# {line}" if line else "#" for line in ("memory plan", *text.splitlines()))
+
     def dry_run(self) -> str:
-        lines = []
+        lines = [self.memory_plan()]
         for stage in self.plan():
             env = " ".join(f"{k}={shlex.quote(v)}" for k, v in {**self.recipe.resources.env, **stage.env}.items())
             prefix = "DS_ACCELERATOR=cpu MASTER_ADDR=127.0.0.1 MASTER_PORT=<free> RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 "
@@ -212,14 +329,30 @@ class RecipeRun:
         manifest = self.load_manifest()
         manifest["recipe"] = self.recipe.model_dump(mode="json")
         stages = self.plan()
+        hasher = self._hasher()
+        upstream, ran = None, False  # the earliest stage rerun from scratch that later ones build on; anything ran
         for k, stage in enumerate(stages, 1):
             record = manifest["stages"].setdefault(stage.name, {})
-            if record.get("state") == "done" and stage.output.exists():
+            fingerprint = self.fingerprint(stage, hasher)
+            _save_quietly(hasher)
+            action, reason = self._decide(stage, record, fingerprint, upstream, ran)
+            if action == "skip":
+                if "fingerprint" not in record:  # a manifest from before fingerprints: adopt the current one
+                    record["fingerprint"] = fingerprint
+                    self.save_manifest(manifest)
                 progress(f"[{k}/{len(stages)}] {stage.name}: done, skipped")
                 continue
-            resumed = record.get("state") in ("running", "failed")
-            progress(f"[{k}/{len(stages)}] {stage.name}: {'resuming' if resumed else 'running'} (log: {stage.log})")
-            record.update(state="running", command=self.wrap(stage), started=time.time())
+            if action == "restart":
+                removed = self._clear_outputs(stage)
+                gone = f"; removed {', '.join(removed)}" if removed else ""
+                progress(f"[{k}/{len(stages)}] {stage.name}: rerunning from scratch: {reason}{gone}")
+                if stage.feeds_later and upstream is None:
+                    upstream = stage.name
+                record.clear()
+            ran = True
+            progress(f"[{k}/{len(stages)}] {stage.name}: {'resuming' if action == 'resume' else 'running'} "
+                     f"(log: {stage.log})")  # fmt: skip
+            record.update(state="running", command=self.wrap(stage), started=time.time(), fingerprint=fingerprint)
             self.save_manifest(manifest)
             env = {**os.environ, **self.recipe.resources.env, **stage.env}
             if stage.distributed and self.recipe.resources.num_gpus == 0 and self.recipe.resources.launcher == "local":
@@ -230,7 +363,10 @@ class RecipeRun:
             with open(stage.log, "a") as log:
                 log.write(f"\n$ {shlex.join(command)}\n")
                 log.flush()
-                code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+                offset = log.tell()
+                proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+                code = _wait_showing_progress(proc, stage.log, offset, lambda line, name=stage.name: progress(
+                    f"    {name}: {line}"))  # fmt: skip
             if code != 0 or not stage.output.exists():
                 record.update(state="failed", exit_code=code)
                 self.save_manifest(manifest)
@@ -240,6 +376,87 @@ class RecipeRun:
             self.save_manifest(manifest)
             progress(f"[{k}/{len(stages)}] {stage.name}: done in {time.perf_counter() - start:.0f}s")
         return manifest
+
+
+def _progress_every() -> float:
+    """Seconds between two progress lines of a running stage: often on a terminal, rarely in a CI log."""
+    env = os.environ.get("OPENRLHF_PSR_PROGRESS_EVERY")
+    if env:
+        return float(env)
+    return 10.0 if sys.stdout.isatty() else 60.0
+
+
+def last_progress_line(path: Path, offset: int = 0, width: int = 160) -> str:
+    r"""The newest non-empty line a stage wrote after ``offset`` of its log (tqdm bars redraw with ``\r``: the
+    newest redraw counts), shortened to ``width`` characters.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     log = Path(d) / "log"
+    ...     _ = log.write_text("$ cmd\nloading\nsearch:  10%|#  | 1/10\rsearch:  20%|##  | 2/10\r")
+    ...     last_progress_line(log)
+    'search:  20%|##  | 2/10'
+    """
+    try:
+        with open(path, "rb") as log:
+            size = log.seek(0, os.SEEK_END)
+            log.seek(max(offset, size - 8192))
+            tail = log.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    lines = [line.strip() for line in tail.replace("\r", "\n").split("\n")]
+    lines = [line for line in lines if line and not line.startswith("$ ")]
+    if not lines:
+        return ""
+    line = lines[-1]
+    return line if len(line) <= width else line[: width - 3] + "..."
+
+
+def _wait_showing_progress(proc: subprocess.Popen, log: Path, offset: int, show, poll_s: float = 1.0) -> int:
+    """Wait for a stage's process, showing the newest line of its log now and then (a stage can run for an hour:
+    a silent "running" tells the user nothing)."""
+    every, shown, last = _progress_every(), "", time.monotonic()
+    while proc.poll() is None:
+        time.sleep(poll_s)
+        if time.monotonic() - last < every:
+            continue
+        line = last_progress_line(log, offset)
+        if line and line != shown:
+            show(line)
+            shown, last = line, time.monotonic()
+    return proc.returncode
+
+
+def _on_off(value: bool) -> str:
+    """How every command of this package spells a boolean flag's value."""
+    return "on" if value else "off"
+
+
+def read_manifest(path: Path) -> dict:
+    """``manifest.json`` as a dict; unreadable JSON or a wrong shape is a DataError naming the file (and line)."""
+    from openrlhf_psr.errors import DataError
+
+    fix = "fix or delete it (the stages' outputs are kept; a rerun rebuilds it)"
+    try:
+        manifest = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: expected UTF-8 JSON, found byte 0x{exc.object[exc.start]:02x}; {fix}") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{exc.lineno}:{exc.colno}: expected the run's manifest (JSON), found invalid JSON "
+                        f"({exc.msg}); {fix}") from None  # fmt: skip
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("stages", {}), dict):
+        found = type(manifest).__name__ if not isinstance(manifest, dict) else "'stages' not an object"
+        raise DataError(f"{path}: expected a JSON object with 'recipe' and 'stages', found {found}; {fix}")
+    manifest.setdefault("stages", {})
+    return manifest
+
+
+def _save_quietly(hasher) -> None:
+    """Keep the content-hash cache; a read-only run folder (``status`` on a copy) only costs rehashing."""
+    try:
+        hasher.save()
+    except OSError:
+        pass
 
 
 def _resolve_model_flags(command: list[str]) -> list[str]:

@@ -9,8 +9,10 @@ import errno
 import os
 import socket
 
+from openrlhf_psr.errors import UserError
 
-class SetupError(RuntimeError):
+
+class SetupError(UserError, RuntimeError):
     """A problem with the environment the user can fix; ``str()`` is a one-line instruction."""
 
 
@@ -62,17 +64,244 @@ def cpu_distributed_env(port: int | None = None, base: dict[str, str] | None = N
 
     LOCAL_RANK must be set: without it DeepSpeed tries MPI discovery.
     """
+    return single_process_env(cpu=True, port=port, base=base)
+
+
+def single_process_env(cpu: bool, port: int | None = None, base: dict[str, str] | None = None) -> dict[str, str]:
+    """``base`` (default: this process's environment) plus what a one-process ``torch.distributed`` job needs:
+    rank 0 of 1 with a free MASTER_PORT (the given one, or MASTER_PORT of ``base``, checked), and on CPU
+    ``DS_ACCELERATOR=cpu``."""
     env = dict(os.environ if base is None else base)
     if port is None:
         port = int(env["MASTER_PORT"]) if "MASTER_PORT" in env else free_port()
     ensure_port_free(port)
-    env.update(
-        DS_ACCELERATOR="cpu",
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK="0",
-        WORLD_SIZE="1",
-        LOCAL_RANK="0",
-        LOCAL_WORLD_SIZE="1",
-    )
+    if cpu:
+        env["DS_ACCELERATOR"] = "cpu"
+    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0",
+               LOCAL_WORLD_SIZE="1")  # fmt: skip
     return env
+
+
+# -- the recipe preflight (``openrlhf-psr run --dry-run``, and ``run`` before its first stage) -----------------------
+
+
+def _problem_text(exc: BaseException) -> str:
+    """The message of a data error (KeyError's own str() adds quotes)."""
+    return str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+
+
+# What opening a data source may raise for bad data (anything else is a bug and propagates).
+_DATA_ERRORS = (UserError, ValueError, KeyError, OSError)
+
+
+def _looks_local(model: str) -> bool:
+    from openrlhf_psr.data.problems import local_path
+
+    return model.startswith((".", "/", "~")) or local_path(model) is not None
+
+
+def run_preflight(run, runs_dir) -> tuple[list[str], list[str]]:
+    """Everything about a recipe run that can be checked without a model, in seconds: ``(problems, notes)``.
+
+    Problems (each one line): the run folder outside ``runs_dir``; a local model path that is not a model folder;
+    every local data source (prompts, IFT, EFT, benchmarks, judge sets) opened and read in full, with its first bad
+    row named, and empty ones; ``stages.prompts_per_iteration`` against the prompts available; launch resources
+    (``deepspeed``/``ray`` executables, visible GPUs, a busy MASTER_PORT). Notes say what was counted and what
+    cannot be checked here (Hugging Face datasets need the network). Recipe-level checks (schema, files exist,
+    plugin names and settings, evaluation judges) already ran when the recipe loaded.
+    """
+    from pathlib import Path
+
+    recipe = run.recipe
+    problems: list[str] = []
+    notes: list[str] = []
+
+    root, base = Path(run.root).resolve(), Path(runs_dir).resolve()
+    if root == base or base not in root.parents:
+        problems.append(f"name: the run folder {run.root} is outside the runs folder {runs_dir}")
+    manifest = Path(getattr(run, "manifest_path", root / "manifest.json"))
+    if manifest.is_file():  # a rerun resumes from it: it must be readable
+        from openrlhf_psr.launcher import read_manifest
+
+        try:
+            read_manifest(manifest)
+        except UserError as exc:
+            problems += exc.problems
+    if _looks_local(recipe.model):
+        model = Path(recipe.model).expanduser()
+        if not (model / "config.json").is_file():
+            problems.append(f"model: {recipe.model}: expected a model folder with config.json, found "
+                            f"{'a folder without one' if model.is_dir() else 'no such folder'}")  # fmt: skip
+
+    _prompts(recipe, problems, notes)
+    _sft_sources(recipe, problems, notes)
+    _eval_sources(recipe, problems, notes)
+    _resources(recipe, problems, notes)
+    try:
+        for stage in run.plan():
+            out = Path(stage.output).resolve()
+            if root not in out.parents:
+                problems.append(f"stage {stage.name}: output {stage.output} is outside the run folder {run.root}")
+    except UserError as exc:
+        problems += exc.problems
+    return problems, notes
+
+
+def _prompts(recipe, problems: list[str], notes: list[str]) -> None:
+    from openrlhf_psr.data.problems import load_problems, local_path
+
+    src, stages = recipe.data.prompts, recipe.stages
+    counts = stages.prompts_per_iteration[: stages.iterations]
+    needed = sum(counts)
+    if stages.iterations == 0:
+        return
+    key = "data.prompts.source"
+    if src.source.startswith("builtin:"):
+        try:
+            load_problems(src.source, limit=1)
+        except _DATA_ERRORS as exc:
+            problems.append(f"{key}: {_problem_text(exc)}")
+        else:
+            notes.append(f"{key}: {src.source}: built-in task, any number of problems ({needed} needed)")
+        return
+    if local_path(src.source) is None:
+        notes.append(f"{key}: {src.source}: a Hugging Face dataset, not checked here (needs the network)")
+        return
+    try:
+        found = load_problems(src.source, question_key=src.question_key, answer_key=src.answer_key,
+                              answer_rule=src.answer_rule, split=src.split)  # fmt: skip
+    except _DATA_ERRORS as exc:
+        problems.append(f"{key}: {_problem_text(exc)}")
+        return
+    if not found:
+        problems.append(f"{key}: {src.source}: expected problems, found an empty file")
+    elif len(found) < needed:
+        problems.append(
+            f"stages.prompts_per_iteration: {counts} need {needed} problems over {stages.iterations} iteration(s), "
+            f"found {len(found)} in {src.source}"
+        )
+    else:
+        notes.append(f"{key}: {src.source}: {len(found)} problems ({needed} needed)")
+
+
+def _sft_sources(recipe, problems: list[str], notes: list[str]) -> None:
+    if not recipe.stages.sft.enabled:
+        return
+    from openrlhf_psr.cli.sft_data import _split, build
+    from openrlhf_psr.shards import read_jsonl
+
+    for field, specs in (("ift", recipe.data.ift), ("eft", recipe.data.eft)):
+        for k, spec in enumerate(specs):
+            key = f"data.{field}[{k}]"
+            try:
+                kind, path, limit = _split(spec)
+            except ValueError:
+                problems.append(f"{key}: expected KIND:PATH[:N] or builtin:N, found {spec!r}")
+                continue
+            if limit is not None and limit <= 0:
+                problems.append(f"{key}: expected a positive count, found {limit} in {spec!r}")
+                continue
+            try:
+                if kind.endswith("gsm8k") and path:  # name the first row the IFT builder would trip on
+                    for line, row in enumerate(read_jsonl(path), 1):
+                        bad = [f for f in ("question", "answer") if not isinstance(row.get(f), str)]
+                        if bad:
+                            found = type(row[bad[0]]).__name__ if bad[0] in row else "no such field"
+                            raise UserError(f"{path}: row {line}: expected text in field {bad[0]!r}, found {found}")
+                records = build([spec], [], recipe.seed) if field == "ift" else build([], [spec], recipe.seed)
+            except _DATA_ERRORS as exc:
+                problems.append(f"{key}: {_problem_text(exc)}")
+                continue
+            if not records:
+                problems.append(f"{key}: {spec}: expected training examples, found none")
+            else:
+                notes.append(f"{key}: {spec}: {len(records)} examples")
+
+
+def _eval_sources(recipe, problems: list[str], notes: list[str]) -> None:
+    from openrlhf_psr.cli.evaluate import load_eval_problems, load_judge_pairs, parse_spec
+    from openrlhf_psr.data.problems import local_path
+
+    ev = recipe.data.eval
+    for k, spec in enumerate(ev.benchmarks):
+        key = f"data.eval.benchmarks[{k}]"
+        try:
+            name, source, limit = parse_spec(spec)
+        except ValueError:
+            problems.append(f"{key}: expected NAME[=SOURCE][@LIMIT], found {spec!r}")
+            continue
+        if limit is not None and limit <= 0:
+            problems.append(f"{key}: expected a positive limit, found {limit} in {spec!r}")
+            continue
+        if source and not source.startswith("builtin:") and local_path(source) is None:
+            notes.append(f"{key}: {spec}: a Hugging Face dataset, not checked here (needs the network)")
+            continue
+        try:
+            _, found = load_eval_problems(spec, ev.data_root, recipe.seed)
+        except _DATA_ERRORS as exc:
+            problems.append(f"{key}: {_problem_text(exc)}")
+            continue
+        if not found:
+            problems.append(f"{key}: {spec}: expected problems, found none")
+        else:
+            notes.append(f"{key}: {spec}: {len(found)} problems")
+    for k, spec in enumerate(ev.judge_sets):
+        key = f"data.eval.judge_sets[{k}]"
+        try:
+            _, pairs = load_judge_pairs(spec, recipe.seed)
+        except _DATA_ERRORS as exc:
+            problems.append(f"{key}: {_problem_text(exc)}")
+            continue
+        if not pairs:
+            problems.append(f"{key}: {spec}: expected judge pairs, found none")
+        else:
+            notes.append(f"{key}: {spec}: {len(pairs)} pairs")
+    if ev.judge_sets and not ev.judges:
+        notes.append("data.eval.judges is empty: the judge sets will not be scored")
+
+
+def _visible_gpus() -> int | None:
+    """NVIDIA GPUs the driver lists (no torch import); None where that cannot be told."""
+    from pathlib import Path
+
+    listed = Path("/proc/driver/nvidia/gpus")
+    if listed.is_dir():
+        count = len(list(listed.iterdir()))
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        return min(count, len([d for d in visible.split(",") if d.strip()])) if visible is not None else count
+    return 0 if not Path("/dev/nvidiactl").exists() else None
+
+
+def _executable(name: str, key: str, why: str, problems: list[str], notes: list[str]) -> None:
+    """``name`` must be on PATH; one installed beside this interpreter (an environment not activated) is a note."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    if shutil.which(name) is not None:
+        return
+    beside = Path(sys.executable).parent / name
+    if beside.is_file():
+        notes.append(f"{key}: `{name}` is at {beside} but not on PATH: activate the environment before `run`")
+    else:
+        problems.append(f"{key}: {why} needs the `{name}` command on PATH, found none")
+
+
+def _resources(recipe, problems: list[str], notes: list[str]) -> None:
+    res = recipe.resources
+    if res.launcher == "ray_job":
+        _executable("ray", "resources.launcher", "ray_job", problems, notes)
+        return
+    if res.num_gpus > 0:
+        _executable("deepspeed", "resources.num_gpus", f"{res.num_gpus} GPUs", problems, notes)
+        gpus = _visible_gpus()
+        if gpus is not None and gpus < res.num_gpus:
+            problems.append(f"resources.num_gpus: expected {res.num_gpus} visible GPU(s), found {gpus}")
+    port = res.env.get("MASTER_PORT")
+    if port is not None:
+        try:
+            ensure_port_free(int(port))
+        except ValueError:
+            problems.append(f"resources.env.MASTER_PORT: expected a port number, found {port!r}")
+        except SetupError as exc:
+            problems.append(f"resources.env.MASTER_PORT: {exc}")

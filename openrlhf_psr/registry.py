@@ -82,6 +82,9 @@ JUDGES = Registry(
         "generative": "openrlhf_psr.judges.generative:GenerativeJudge",
         "logit": "openrlhf_psr.judges.logit:LogitJudge",
         "outcome": "openrlhf_psr.judges.outcome:OutcomeJudge",
+        "oracle": "openrlhf_psr.judges.oracle:OracleJudge",
+        "random": "openrlhf_psr.judges.random_judge:RandomJudge",
+        "likelihood": "openrlhf_psr.judges.likelihood:LikelihoodJudge",
     },
 )
 GENERATORS = Registry(

@@ -19,17 +19,20 @@ non-final step never does. The pair's prompt ids are the problem's prompt ids pl
 
 from __future__ import annotations
 
+import functools
 import logging
 import statistics
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from openrlhf_psr.data.problems import Problem
 from openrlhf_psr.engines.base import Engine, Sample, SampleRequest
 from openrlhf_psr.judges.base import Comparison, Judgment, PairwiseJudge
+from openrlhf_psr.judges.guard import candidate_flags, control_strings, special_token_ids
+from openrlhf_psr.pause import pause_at
 from openrlhf_psr.prompts import prompt_token_ids, render_step_prompt
 from openrlhf_psr.shards import ShardStore
 from openrlhf_psr.steps import (
@@ -38,7 +41,9 @@ from openrlhf_psr.steps import (
     detect_repetition,
     extract_boxed,
     is_final_step,
+    normalize_candidate,
     step_stop_strings,
+    strip_marker,
 )
 from openrlhf_psr.tournament import TournamentResult, TournamentState, make_state
 
@@ -68,6 +73,9 @@ class SearchConfig:
             shards are kept).
         filter_wrong: drop the pairs of trajectories whose final answer is wrong (needs a gold answer; off, as
             in the paper, which never checks answers during the loop).
+        drop_flagged: leave out of the tournament every candidate flagged for text that could steer its judge (a
+            verdict marker, chat-template control text, a prompt block delimiter: ``judges.guard.candidate_flags``).
+            Off: flagged candidates are judged (through the guarded prompt) and only recorded and counted.
     """
 
     width: int = 6
@@ -84,6 +92,7 @@ class SearchConfig:
     seed: int = 0
     judge_retries: int = 1
     filter_wrong: bool = False
+    drop_flagged: bool = False
 
     def __post_init__(self):
         if self.width < 2:
@@ -124,7 +133,14 @@ def derive_seed(seed: int, problem_id: str, round_no: int) -> int:
 
 
 def trim_step(tokenizer, sample: Sample) -> Step:
-    """Turn one sampled continuation into a step whose token ids and text agree exactly."""
+    """Turn one sampled continuation into a step whose token ids and text agree exactly.
+
+    A step that ended at the next step's marker keeps the whitespace separator before the marker (``"\\n"``) and
+    nothing of the marker itself. vLLM's token ids run up to the token that completed the stop string, so the ids
+    are cut at the last token boundary at or before the separator's end: with a BPE tokenizer an inline marker
+    ``" Step 2:"`` starts with the token ``" Step"``, and the step then ends at the text before it (without the
+    space, which belongs to that token), never with a dangling ``" Step"``.
+    """
     finish = classify_finish(sample.finish_reason, sample.stop_reason)
     ids = list(sample.token_ids)
     eos = tokenizer.eos_token_id
@@ -134,7 +150,7 @@ def trim_step(tokenizer, sample: Sample) -> Step:
         final = is_final_step(sample.text, finish)
         if final:
             keep = sample.text
-        ids = ids[: _prefix_len_covering(tokenizer, ids, len(keep))]
+        ids = ids[: _prefix_len_within(tokenizer, ids, len(keep))]
     else:
         final = is_final_step(sample.text, finish)
     if ids and ids[-1] == eos:
@@ -145,15 +161,16 @@ def trim_step(tokenizer, sample: Sample) -> Step:
     return Step(ids, text, str(finish), final)
 
 
-def _prefix_len_covering(tokenizer, ids: list[int], n_chars: int) -> int:
-    """The fewest leading tokens whose text has at least ``n_chars`` characters (binary search)."""
+def _prefix_len_within(tokenizer, ids: list[int], n_chars: int) -> int:
+    """The most leading tokens whose text has at most ``n_chars`` characters (binary search; decoded length grows
+    with the number of tokens)."""
     lo, hi = 0, len(ids)
     while lo < hi:
-        mid = (lo + hi) // 2
-        if len(tokenizer.decode(ids[:mid], skip_special_tokens=True)) >= n_chars:
-            hi = mid
+        mid = (lo + hi + 1) // 2
+        if len(tokenizer.decode(ids[:mid], skip_special_tokens=True)) <= n_chars:
+            lo = mid
         else:
-            lo = mid + 1
+            hi = mid - 1
     return lo
 
 
@@ -187,7 +204,8 @@ class StepSearch:
             from openrlhf_psr.grading import is_correct as grader
         self.grader = grader
         self.stop = tuple(step_stop_strings())
-        self.stats = {"engine_calls": 0, "judge_calls": 0, "judge_batches": 0, "generated_tokens": 0}
+        self.stats = {"engine_calls": 0, "judge_calls": 0, "judge_batches": 0, "generated_tokens": 0,
+                      "blank_start_continuations": 0}  # fmt: skip
 
     # -- one round -------------------------------------------------------------------------------------------
     def _sample(self, active: list[_Problem]) -> list[list[Step]]:
@@ -201,13 +219,63 @@ class StepSearch:
                 max_tokens=cfg.max_tokens_per_step,
                 stop=self.stop,
                 seed=derive_seed(cfg.seed, p.problem.id, len(p.rounds)),
+                affinity=str(p.problem.id),  # one engine per problem: its prefix stays cached
             )
             for p in active
         ]
         outputs = _with_retries(lambda: self.engine.generate(requests), cfg.judge_retries, "engine.generate")
         self.stats["engine_calls"] += 1
         self.stats["generated_tokens"] += sum(len(s.token_ids) for out in outputs for s in out)
+        outputs = self._continue_blank_starts(requests, outputs)
         return [[trim_step(self.engine.tokenizer, s) for s in out] for out in outputs]
+
+    def _continue_blank_starts(self, requests: list[SampleRequest], outputs: list[list[Sample]]):
+        """Continue, once, every candidate that stopped before writing anything but whitespace.
+
+        A model that opens its step with a blank line and its own marker (``"\\nStep 1: ..."``), or continues the
+        previous step inline (``" Step 2: ..."``, after a step cut before the ``" Step"`` token), matches a stop
+        string at its first character; vLLM then returns an empty text, although the tokens it generated are the
+        start of a good step. Those candidates are resumed after their own marker (prompt = prefix + their tokens,
+        one more batched engine call) and joined with the continuation, so the step is kept as the model wrote it
+        instead of being lost as empty.
+        """
+        todo = [
+            (k, j)
+            for k, out in enumerate(outputs)
+            for j, s in enumerate(out)
+            if not s.text.strip() and classify_finish(s.finish_reason, s.stop_reason) == FinishReason.STEP
+        ]
+        budget = self.config.max_tokens_per_step
+        todo = [(k, j) for k, j in todo if len(outputs[k][j].token_ids) < budget]
+        if not todo:
+            return outputs
+        more = [
+            replace(
+                requests[k],
+                prompt_token_ids=requests[k].prompt_token_ids + tuple(outputs[k][j].token_ids),
+                n=1,
+                max_tokens=budget - len(outputs[k][j].token_ids),
+                seed=None if requests[k].seed is None else requests[k].seed + 1 + j,
+            )
+            for k, j in todo
+        ]
+        answers = _with_retries(lambda: self.engine.generate(more), self.config.judge_retries, "engine.generate")
+        self.stats["engine_calls"] += 1
+        self.stats["blank_start_continuations"] += len(todo)
+        self.stats["generated_tokens"] += sum(len(out[0].token_ids) for out in answers)
+        outputs = [list(out) for out in outputs]
+        decode = self.engine.tokenizer.decode
+        for (k, j), answer in zip(todo, answers, strict=True):
+            head, tail = outputs[k][j], answer[0]
+            if not tail.text.strip():
+                continue  # nothing after the marker either: the candidate stays empty
+            outputs[k][j] = Sample(
+                decode(list(head.token_ids), skip_special_tokens=True) + tail.text,
+                tuple(head.token_ids) + tuple(tail.token_ids),
+                tail.finish_reason,
+                tail.stop_reason,
+            )
+        return outputs
 
     def _judge_all(self, problems: list[_Problem], candidates: list[list[Step]]):
         """Tournaments of all problems, advanced together: one judge batch per tournament round."""
@@ -217,6 +285,8 @@ class StepSearch:
         calls: list[list[dict]] = [[] for _ in problems]
         for cands in candidates:
             unique = _unique_valid(cands)
+            if cfg.drop_flagged:
+                unique = [u for u in unique if not self._flags(cands[u])]
             uniques.append(unique)
             states.append(
                 make_state(
@@ -236,9 +306,10 @@ class StepSearch:
             comparisons = [
                 Comparison(
                     problems[k].problem.question,
-                    tuple(s.text.strip() for s in problems[k].steps),
-                    candidates[k][uniques[k][i]].text.strip(),
-                    candidates[k][uniques[k][j]].text.strip(),
+                    # the judge sees steps numbered by position, whatever numbers the model wrote
+                    tuple(normalize_candidate(s.text, n) for n, s in enumerate(problems[k].steps, 1)),
+                    normalize_candidate(candidates[k][uniques[k][i]].text, len(problems[k].steps) + 1),
+                    normalize_candidate(candidates[k][uniques[k][j]].text, len(problems[k].steps) + 1),
                     problems[k].problem.answer,
                 )
                 for k, i, j in batch
@@ -272,6 +343,7 @@ class StepSearch:
             "round": len(p.rounds),
             "prefix_steps": len(p.steps),
             "candidates": [asdict(c) for c in cands],
+            "flags": [self._flags(c) for c in cands],  # per candidate: what could steer its judge
             "unique": unique,
             "judge_calls": calls,
             "scores": list(result.scores),
@@ -288,8 +360,10 @@ class StepSearch:
             p.pairs.append(None)
             record["action"] = "accept_unanimous"
             record["chosen"] = unique[0]
-        elif result.is_tie:
+        elif result.best is None:
+            # No preference (all scores equal) or one weaker than min_margin: the paper's tie rule.
             record["action"] = "rollback"
+            record["rollback_reason"] = "below_margin" if result.below_margin else "tie"
             if p.steps:
                 p.steps.pop()
                 p.pairs.pop()
@@ -327,6 +401,15 @@ class StepSearch:
             p.finish = "repetition"
         elif len(p.prefix_ids()) + cfg.max_tokens_per_step > cfg.max_prompt_tokens:
             p.finish = "context"
+
+    @functools.cached_property
+    def _guard(self) -> tuple[tuple[str, ...], frozenset[int], int | None]:
+        tok = self.engine.tokenizer
+        return control_strings(tok), special_token_ids(tok), getattr(tok, "eos_token_id", None)
+
+    def _flags(self, step: Step) -> list[str]:
+        control, specials, eos = self._guard
+        return candidate_flags(step.text, control, step.token_ids, specials, eos)
 
     # -- records ---------------------------------------------------------------------------------------------
     def _trajectory(self, p: _Problem) -> dict:
@@ -388,6 +471,7 @@ class StepSearch:
                     if pair is not None
                 ]
                 store.commit({"pairs": pairs, "trajectories": trajectories})
+                pause_at("search-commit")  # kill-and-resume tests only (OPENRLHF_PSR_PAUSE_AT)
                 bar.update(len(finished))
             active = [p for p in active if not p.finish]
             bar.set_postfix(active=len(active), judge_calls=self.stats["judge_calls"])
@@ -405,10 +489,14 @@ class StepSearch:
 
 
 def _unique_valid(cands: list[Step]) -> list[int]:
-    """Indices of the first occurrence of each distinct non-empty candidate (whitespace-normalised)."""
+    """Indices of the first occurrence of each distinct non-empty candidate.
+
+    Candidates are compared by their content: marker and number removed (:func:`~openrlhf_psr.steps.strip_marker`),
+    whitespace normalised. So ``"Step 2: x"`` and ``"Step 3: x"`` are one candidate, and a bare marker is empty.
+    """
     seen: dict[str, int] = {}
     for k, c in enumerate(cands):
-        key = " ".join(c.text.split())
+        key = " ".join(strip_marker(c.text).split())
         if key and key not in seen:
             seen[key] = k
     return list(seen.values())
@@ -425,6 +513,7 @@ def summarize(store: ShardStore, tokenizer=None) -> dict:
     both = sum(r["n_pairs_both_orders"] for r in rounds)
     graded = [t["correct"] for t in trajectories if t["correct"] is not None]
     accepted = sum(1 for r in rounds if r["action"] in ("accept", "accept_unanimous"))
+    flags = [f for r in rounds for fl in r.get("flags", ()) for f in fl]  # records before flags had none
     finishes: dict[str, int] = {}
     for t in trajectories:
         finishes[t["finish"]] = finishes.get(t["finish"], 0) + 1
@@ -446,4 +535,6 @@ def summarize(store: ShardStore, tokenizer=None) -> dict:
         else 0.0,
         "accuracy": sum(graded) / len(graded) if graded else None,
         "finish": finishes,
+        "flagged_candidates": sum(1 for r in rounds for fl in r.get("flags", ()) if fl),
+        "candidate_flags": {name: flags.count(name) for name in sorted(set(flags))},
     }

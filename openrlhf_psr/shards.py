@@ -32,18 +32,67 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def read_jsonl(path: Path) -> Iterator[dict]:
-    """Records of a JSONL file; a malformed line is an error naming the file and line."""
-    with open(path) as handle:
-        for number, line in enumerate(handle, 1):
+    """Records of a JSONL file; a line that is not UTF-8, not JSON or not an object is a
+    :class:`~openrlhf_psr.errors.DataError` naming the file and line (a :class:`ValueError`)."""
+    from openrlhf_psr.errors import DataError
+
+    if Path(path).is_dir():
+        raise DataError(f"{path}: expected a JSONL file, found a folder")
+    with open(path, "rb") as handle:  # bytes, so that an undecodable line is reported with its number
+        for number, raw in enumerate(handle, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                found = f"byte 0x{raw[exc.start]:02x} at column {exc.start + 1}"
+                raise DataError(f"{path}:{number}: expected UTF-8 text, found {found}") from None
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+                raise DataError(
+                    f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno}); expected one JSON object "
+                    "per line"
+                ) from None
             if not isinstance(record, dict):
-                raise ValueError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+                raise DataError(f"{path}:{number}: expected a JSON object, found {_json_kind(record)}")
             yield record
+
+
+def read_json(path: Path, what: str = "JSON") -> dict:
+    """A JSON object from a file; a file that is not UTF-8 JSON holding an object is a
+    :class:`~openrlhf_psr.errors.DataError` naming the file and line (``what`` says what it should hold)."""
+    from openrlhf_psr.errors import DataError
+
+    try:
+        value = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: expected UTF-8 {what}, found byte 0x{exc.object[exc.start]:02x}") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{exc.lineno}:{exc.colno}: expected {what}, found invalid JSON ({exc.msg})") from None
+    if not isinstance(value, dict):
+        raise DataError(f"{path}: expected {what} (a JSON object), found {_json_kind(value)}")
+    return value
+
+
+def read_parquet_rows(path: Path) -> list[dict]:
+    """Rows of a Parquet file; a file Arrow cannot read is a :class:`~openrlhf_psr.errors.DataError` naming it."""
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    from openrlhf_psr.errors import DataError, one_line
+
+    try:
+        return pq.read_table(path).to_pylist()
+    except (pyarrow.ArrowException, OSError) as exc:
+        reason = one_line(str(exc))
+        raise DataError(f"{path}: expected a Parquet file, found one Arrow cannot read ({reason})") from None
+
+
+def _json_kind(value) -> str:
+    """``a list``, ``a string``, ... for messages about JSON values."""
+    names = {list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return names.get(type(value), "null" if value is None else type(value).__name__)
 
 
 class ShardStore:

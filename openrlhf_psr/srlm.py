@@ -16,21 +16,30 @@ from pathlib import Path
 
 from openrlhf_psr.data.problems import Problem
 from openrlhf_psr.engines.base import Engine, SampleRequest
+from openrlhf_psr.judges.guard import guarded_prompt_ids
 from openrlhf_psr.prompts import prompt_token_ids, render_srlm_prompt, render_step_prompt
 from openrlhf_psr.shards import ShardStore
 from openrlhf_psr.steps import extract_boxed
 
-_SCORE = re.compile(r"Score:\s*\**\s*([0-5](?:\.\d+)?)")
+# After the last "Score:": optional bold, one digit 0..5 (optionally "/5"), and then no further digit, decimal part
+# or fraction, so "10", "3.5", "-1" and "5/10" are not read as a score.
+_SCORE = re.compile(r"\s*\**\s*([0-5])(?:\s*/\s*5(?!\d|\.\d))?(?!\d|\.\d|\s*/)")
 
 
 def parse_score(text: str) -> float | None:
-    """The last ``Score: x`` with 0 <= x <= 5, or None.
+    """The integer 0..5 right after the **last** ``Score:``, or None (an abstention) for anything else.
 
-    >>> parse_score("... so it earns Score: 4"), parse_score("Score: 3/5 then Score: **5**"), parse_score("nine")
+    >>> parse_score("... so it earns Score: 4."), parse_score("Score: 3/5 then Score: **5**"), parse_score("nine")
     (4.0, 5.0, None)
+    >>> [parse_score(f"Score: {x}") for x in ("10", "3.5", "-1", "5/10", "6")]
+    [None, None, None, None, None]
+    >>> parse_score("Score: 4 ... on reflection, Score: 12")  # the last one decides
     """
-    found = _SCORE.findall(text)
-    return float(found[-1]) if found else None
+    at = text.rfind("Score:")
+    if at < 0:
+        return None
+    match = _SCORE.match(text, at + len("Score:"))
+    return float(match.group(1)) if match else None
 
 
 @dataclass(frozen=True)
@@ -61,8 +70,11 @@ class SRLMScorer:
         cfg = self.config
         requests = [
             SampleRequest(
+                # the solution is model-written: its text can never become special tokens (a forged turn)
                 tuple(
-                    prompt_token_ids(self.engine.tokenizer, render_srlm_prompt(q, s), chat_template=cfg.chat_template)
+                    guarded_prompt_ids(
+                        self.engine.tokenizer, render_srlm_prompt(q, s), chat_template=cfg.chat_template
+                    )
                 ),
                 n=cfg.score_samples,
                 temperature=cfg.score_temperature,

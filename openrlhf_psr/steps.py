@@ -2,12 +2,15 @@ r"""The ``Step n:`` solution format: render, parse, stop strings, finished or no
 
 A solution is a list of steps, each one line-initial ``Step n: <text>`` (the text may span several lines), joined
 with ``"\n"``. The step-wise search generates **one step at a time** after the accepted prefix, so this module also
-decides where a freshly generated step ends (:func:`step_stop_strings`), how it is cleaned and renumbered
+decides where a freshly generated step ends (:func:`step_stop_strings`), how it reads with its number fixed
 (:func:`normalize_candidate`) and whether it ends the solution (:func:`is_final_step`).
 
 Parsing is lenient because models (and the strong model that segments IFT data) drift from the format: wrong
 numbering, ``**Step 2:**`` markdown, ``Step 2.`` separators, a first step without a marker, repeated steps.
-Numbers written by the model are never trusted; steps are renumbered by position.
+Numbers written by the model are never trusted: :func:`parse_steps` ignores them, and the search compares candidates
+by their content without marker (:func:`strip_marker`) and shows the judge every step renumbered by position
+(:func:`normalize_candidate`). An accepted step's tokens stay exactly as the model generated them (the policy's
+prefix and the DPO pair are the model's own tokens), so a wrong number the model wrote stays in those tokens.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import StrEnum
+from enum import Enum
 
 __all__ = [
     "FinishReason",
@@ -36,15 +39,22 @@ __all__ = [
 STEP_SEPARATOR = "\n"
 
 
-class FinishReason(StrEnum):
+class FinishReason(str, Enum):
     """Why the generation of one candidate step ended.
 
-    A ``StrEnum``, so records can store and compare the plain strings (``FinishReason.EOS == "eos"``).
+    A ``str`` enum, so records can store and compare the plain strings (``FinishReason.EOS == "eos"``,
+    ``str(FinishReason.EOS) == "eos"``). Not ``enum.StrEnum``: that is Python 3.11+, and the ``gpu`` extra
+    supports 3.10 as OpenRLHF does.
     """
 
     STEP = "step"  # hit a next-step stop string: the step is complete and the solution goes on
     EOS = "eos"  # the model ended its answer (EOS or an end-of-turn stop token): the solution is over
     LENGTH = "length"  # ran into max_tokens_per_step: the step is truncated
+
+    def __str__(self) -> str:  # the value, as StrEnum gives it (records store "eos", not "FinishReason.EOS")
+        return self.value
+
+    __format__ = str.__format__
 
 
 @dataclass(frozen=True)
@@ -115,9 +125,13 @@ def step_stop_strings(max_step: int = 40) -> list[str]:
       the same line. They need the number and the colon so that prose such as "the next step is" does not stop.
 
     The leading newline is what keeps a candidate that opens with its own ``Step l:`` marker from stopping at
-    once, so the generator must end the prompt with the accepted steps followed by ``"\\n"`` (the model writes the
-    marker, :func:`normalize_candidate` fixes its number) or with the ``Step l: `` marker itself. vLLM strips the
-    matched stop string from the output, so the step text never contains the next marker.
+    once, so every prompt ends at a line start: the chat template's assistant header, or in raw format the policy
+    prompt's final newline (:data:`openrlhf_psr.prompts.RAW_PROMPT_END`), and each accepted non-final step keeps
+    its ``"\\n"`` separator. A model that still opens with its own marker after a blank line (``"\\nStep 1:"``)
+    or inline after the previous step (``" Step 2:"``) matches at its first character; the search resumes such a
+    candidate after that marker. vLLM strips the matched stop string from
+    the text (its token ids run through it; the search cuts them at a token boundary at or before the separator),
+    so a step never contains the next marker.
 
     >>> stops = step_stop_strings(3)
     >>> "\\nStep " in stops and "\\n**Step " in stops and " Step 3:" in stops

@@ -102,11 +102,15 @@ class PairOutcome:
 class TournamentResult:
     """The outcome of one tournament over one problem's candidates.
 
+    ``best is None`` means **roll back** (the paper's tie rule), never an index: either no preference at all
+    (``is_tie``) or a preference weaker than ``min_margin`` (``below_margin``). Exactly one of the three holds:
+    ``best is not None``, ``is_tie``, ``below_margin``.
+
     Attributes:
-        best, worst: candidate indices (chosen / rejected), or ``None`` when the tournament gives no preference
-            (``is_tie``) or the margin is below ``min_margin``; the caller then rolls back (paper's tie rule).
+        best, worst: candidate indices (chosen / rejected), or both ``None`` (roll back).
         scores: wins per candidate (duplicates share their representative's score).
-        margin: ``scores[best] - scores[worst]`` (0.0 on a tie).
+        margin: best minus worst score: of the chosen pair, or of the pair that fell short of ``min_margin``
+            (0.0 on a tie).
         n_comparisons: ordered judge comparisons made (judge calls).
         n_abstentions: of those, the ones that contributed nothing.
         n_consistent / n_pairs_both_orders: pairs whose two orders agreed / pairs where both orders gave a verdict;
@@ -116,6 +120,7 @@ class TournamentResult:
             whether to accept it without a pair is the caller's choice.
         n_unique: distinct candidates after :func:`dedupe`.
         outcomes: every judged pair, for the trajectory log.
+        below_margin: the candidates differ, but by less than ``min_margin``.
     """
 
     best: int | None
@@ -129,6 +134,20 @@ class TournamentResult:
     is_tie: bool
     n_unique: int = 0
     outcomes: tuple[PairOutcome, ...] = field(default=(), repr=False)
+    below_margin: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.best is None) != (self.worst is None):
+            raise ValueError(f"best and worst must both be set or both be None, got {self.best}, {self.worst}")
+        if self.best is None and self.is_tie == self.below_margin:
+            raise ValueError("a result without best is either a tie or below the margin (exactly one)")
+        if self.best is not None and (self.is_tie or self.below_margin):
+            raise ValueError("a result with a best candidate is neither a tie nor below the margin")
+
+    @property
+    def rollback(self) -> bool:
+        """No accepted candidate: the caller discards the previous step and regenerates (the paper's tie rule)."""
+        return self.best is None
 
     @property
     def consistency_rate(self) -> float | None:
@@ -325,13 +344,16 @@ class TournamentState(ABC):
         self.outcomes.extend(outcomes)
         self._advance(outcomes)
 
-    def _result(self, best_worst: tuple[int, int] | None, scores: list[float], is_tie: bool) -> TournamentResult:
+    def _result(
+        self, best_worst: tuple[int, int] | None, scores: list[float], is_tie: bool, margin: float = 0.0
+    ) -> TournamentResult:
+        """``best_worst`` None and not ``is_tie``: a preference of ``margin`` below ``min_margin``."""
         best, worst = best_worst if best_worst is not None else (None, None)
         return TournamentResult(
             best=best,
             worst=worst,
             scores=tuple(scores),
-            margin=scores[best] - scores[worst] if best is not None and worst is not None else 0.0,
+            margin=scores[best] - scores[worst] if best is not None and worst is not None else margin,
             n_comparisons=self.n_comparisons,
             n_abstentions=sum(o.n_abstentions for o in self.outcomes),
             n_consistent=sum(o.consistent for o in self.outcomes),
@@ -339,6 +361,7 @@ class TournamentState(ABC):
             is_tie=is_tie,
             n_unique=self.n,
             outcomes=tuple(self.outcomes),
+            below_margin=best is None and not is_tie,
         )
 
 
@@ -372,7 +395,8 @@ class RoundRobinState(TournamentState):
             raise RuntimeError("tournament is not done")
         scores = score(self.outcomes, self.n)
         is_tie = self.n < 2 or max(scores) - min(scores) <= _EPS
-        return self._result(choose(scores, self.min_margin), scores, is_tie)
+        margin = 0.0 if is_tie else max(scores) - min(scores)
+        return self._result(choose(scores, self.min_margin), scores, is_tie, margin)
 
 
 class KnockoutState(TournamentState):
@@ -441,7 +465,7 @@ class KnockoutState(TournamentState):
         margin = scores[best] - scores[worst]
         if margin <= _EPS:
             return self._result(None, scores, True)
-        return self._result(None if margin + _EPS < self.min_margin else (best, worst), scores, False)
+        return self._result(None if margin + _EPS < self.min_margin else (best, worst), scores, False, margin)
 
 
 def make_state(

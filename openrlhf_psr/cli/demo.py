@@ -1,40 +1,39 @@
 """``openrlhf-psr demo``: the main job, ``openrlhf-psr run recipes/tiny_cpu.yaml`` (the embedded default: the
-whole PSR loop with SmolLM2-135M on the built-in task, on CPU); and the ``search`` subcommand's parser."""
+whole PSR loop with SmolLM2-135M on the built-in task, on CPU)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-
-def add_parser(sub) -> None:
-    parser = sub.add_parser("demo", help="run the main job: recipes/tiny_cpu.yaml on the embedded default model")
-    parser.add_argument("--runs-dir", default="runs")
-    parser.add_argument("--set", action="append", default=[], help="override: KEY.PATH=VALUE")
-    parser.set_defaults(func=cmd_demo)
-    search = sub.add_parser("search", help="step-wise search with self-judging; writes DPO step pairs")
-    from openrlhf_psr.cli.search import add_arguments
-
-    add_arguments(search)
-    search.set_defaults(func=cmd_search)
+from openrlhf_psr.errors import UserError
 
 
-def cmd_search(args: argparse.Namespace) -> int:
-    from openrlhf_psr.cli.search import run
-
-    run(args)
-    return 0
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runs-dir", default="runs", help="runs go to RUNS_DIR/tiny_cpu/ (default: runs)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override, repeatable")
+    parser.add_argument("--dry-run", action="store_true", help="preflight, print each stage's command, run nothing")
 
 
 def tiny_cpu_recipe() -> Path:
     path = Path(__file__).resolve().parents[2] / "recipes" / "tiny_cpu.yaml"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: the demo runs from a checkout of the repository")
+        raise UserError(f"{path}: expected the main job's recipe, found no such file (run from a repository checkout)")
     return path
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from openrlhf_psr.cli.main import cmd_run
+def run(args: argparse.Namespace) -> int:
+    from openrlhf_psr.cli import run as run_command
 
-    return cmd_run(argparse.Namespace(recipe=str(tiny_cpu_recipe()), set=args.set, runs_dir=args.runs_dir,
-                                      dry_run=False))  # fmt: skip
+    return run_command.run(argparse.Namespace(recipe=str(tiny_cpu_recipe()), set=args.set, runs_dir=args.runs_dir,
+                                              dry_run=args.dry_run))  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    from openrlhf_psr.cli.app import module_main
+
+    return module_main(add_arguments, run, argv, "openrlhf-psr demo", __doc__)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,124 +1,65 @@
 """``openrlhf-psr``: the project's command line.
 
-Subcommands:
-  run          run a recipe (SFT, then search -> step DPO -> eval per iteration); resumes; --dry-run
+Subcommands (each a module of ``openrlhf_psr.cli`` with ``add_arguments(parser)`` and ``run(args)``):
+  run          run a recipe (SFT, then search -> step DPO -> eval per iteration); resumes; --dry-run preflights
   status       where a run stands
   report       tables, plots and JSON of a run
-  doctor       check the environment (torch build, CPU patches, default model) and say what to fix
-  demo         the main job on the embedded default model (see README)
   search       step-wise search with self-judging: writes DPO step pairs and trajectories
+  evaluate     accuracy, format, step statistics and judge accuracy of one model
   sft-data     write the IFT + EFT mixture for the SFT stage (upstream train_sft)
   reward-file  print the path of the pairwise-judge reward function file for --reward.remote_url
+  doctor       check the environment (torch build, CPU patches, default model) and say what to fix
+  demo         the main job on the embedded default model (see README)
+  plan         memory per GPU and host RAM per node of every stage; refuses what cannot fit
 
 Training stages run as modules, like upstream's: ``python -m openrlhf_psr.cli.train_step_dpo`` (or
 ``deepspeed --module openrlhf_psr.cli.train_step_dpo``) and ``python -m openrlhf.cli.train_sft``.
+
+A user error (bad recipe, flag, data file, run folder) is one ``openrlhf-psr: error:`` line per problem and exit
+status 2; ``--debug`` adds the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from pathlib import Path
 
-from openrlhf_psr.preflight import SetupError
-from openrlhf_psr.recipe import RecipeError
-from openrlhf_psr.registry import RegistryError
+from openrlhf_psr.cli.app import PROG, Parser, add_debug, execute, parse
 
-
-def cmd_doctor(args: argparse.Namespace) -> int:
-    from openrlhf_psr import preflight
-    from openrlhf_psr.compat.__main__ import main as compat_main
-    from openrlhf_psr.models import DEFAULT_MODEL, resolve_model
-
-    preflight.check_torch_build()
-    compat_main(["status"])
-    print(f"default model: {resolve_model(DEFAULT_MODEL)}")
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="openrlhf-psr", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run a recipe YAML end to end (resumes; --dry-run prints the commands)")
-    run.add_argument("recipe")
-    run.add_argument("--set", action="append", default=[], help="override: KEY.PATH=VALUE (YAML value)")
-    run.add_argument("--runs-dir", default="runs")
-    run.add_argument("--dry-run", action="store_true", help="print each stage's exact command and exit")
-    run.set_defaults(func=cmd_run)
-    status = sub.add_parser("status", help="where a run stands")
-    status.add_argument("run", help="runs/<name>")
-    status.set_defaults(func=cmd_status)
-    sub.add_parser("doctor", help="check the environment").set_defaults(func=cmd_doctor)
-    from openrlhf_psr.cli import demo
-
-    demo.add_parser(sub)
-    for name, (_, help_text) in FORWARDED.items():
-        sub.add_parser(name, help=help_text, add_help=False)
-    reward = sub.add_parser("reward-file", help="path of the reward function file for --reward.remote_url")
-    reward.set_defaults(func=cmd_reward_file)
-    return parser
-
-
-# Subcommands whose own parser lives in their module (all arguments are passed through).
-FORWARDED = {
-    "sft-data": ("openrlhf_psr.cli.sft_data", "write the IFT + EFT SFT mixture"),
+# name -> (module, one-line help). Each module is imported only when the parser is built; none imports torch.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("openrlhf_psr.cli.run", "run a recipe end to end (resumes; --dry-run: full preflight + commands)"),
+    "status": ("openrlhf_psr.cli.status", "where a run stands"),
     "report": ("openrlhf_psr.cli.report", "tables, plots and JSON of a run"),
+    "search": ("openrlhf_psr.cli.search", "step-wise search with self-judging; writes DPO step pairs"),
+    "evaluate": ("openrlhf_psr.cli.evaluate", "accuracy, format, step statistics and judge accuracy of a model"),
+    "sft-data": ("openrlhf_psr.cli.sft_data", "write the IFT + EFT SFT mixture"),
+    "reward-file": ("openrlhf_psr.cli.reward_file", "path of the reward function file for --reward.remote_url"),
+    "doctor": ("openrlhf_psr.cli.doctor", "check the environment"),
+    "demo": ("openrlhf_psr.cli.demo", "run the main job: recipes/tiny_cpu.yaml on the embedded default model"),
+    "plan": ("openrlhf_psr.cli.plan", "how a recipe's stages fit the cluster (GPUs, memory)"),
 }
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from openrlhf_psr.launcher import RecipeRun
-    from openrlhf_psr.recipe import load_recipe
-
-    run = RecipeRun(load_recipe(args.recipe, args.set), runs_dir=args.runs_dir)
-    if args.dry_run:
-        print(run.dry_run())
-        return 0
-    run.run()
-    summary = run.root / "report" / "summary.md"
-    if summary.is_file():
-        print(summary.read_text())
-    print(f"run directory: {run.root}")
-    return 0
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    import json
-
-    from openrlhf_psr.launcher import RecipeRun
-    from openrlhf_psr.recipe import Recipe
-
-    manifest_path = Path(args.run) / "manifest.json"
-    if not manifest_path.is_file():
-        raise SetupError(f"{args.run} has no manifest.json: not a run directory (runs/<name>)")
-    recipe = Recipe.model_validate(json.loads(manifest_path.read_text())["recipe"])
-    run = RecipeRun(recipe, runs_dir=Path(args.run).parent)
-    rows = run.status()
-    width = max(len(name) for name, _ in rows)
-    for name, state in rows:
-        print(f"{name.ljust(width)}  {state}")
-    return 0
-
-
-def cmd_reward_file(args: argparse.Namespace) -> int:
-    import openrlhf_psr.rewards.pairwise_reward as reward
-
-    print(reward.__file__)
-    return 0
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_debug(parser, top=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        doc = module.__doc__
+        command = sub.add_parser(name, help=help_text, description=doc,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+        add_debug(command)
+        module.add_arguments(command)
+        command.set_defaults(func=module.run)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in FORWARDED:
-        import importlib
-
-        return importlib.import_module(FORWARDED[argv[0]][0]).main(argv[1:])
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (SetupError, RecipeError, RegistryError) as exc:  # the user can fix these: no traceback
-        print(f"openrlhf-psr: error: {exc}", file=sys.stderr)
-        return 2
+    args = parse(build_parser(), sys.argv[1:] if argv is None else argv)
+    return args if isinstance(args, int) else execute(args.func, args)
 
 
 if __name__ == "__main__":

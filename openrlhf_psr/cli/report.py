@@ -31,25 +31,81 @@ def _fmt(value, pct=False) -> str:
     return str(value)
 
 
+def _fmt_ci(cell: dict | None) -> str:
+    """``"6.5 [3.8, 10.8] (200)"`` from an accuracy with its interval."""
+    from openrlhf_psr.eval.stats import format_interval
+
+    if not cell or cell["value"] is None:
+        return "-"
+    if not cell["n"]:  # an older eval.json without its records: the value alone
+        return format_interval(cell["value"], None)
+    return f"{format_interval(cell['value'], tuple(cell['ci95']) if cell['ci95'] else None)} ({cell['n']})"
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
 
 
+def _read_eval(path: Path) -> dict:
+    """An ``eval.json``; one that is not what the evaluation writes is a one-line error naming it."""
+    from openrlhf_psr.errors import DataError
+    from openrlhf_psr.shards import read_json
+
+    result = read_json(path, "an evaluation result (eval.json)")
+    for key in ("benchmarks", "judges"):
+        if not isinstance(result.get(key), dict):
+            raise DataError(f"{path}: expected an object under {key!r}, found {type(result.get(key)).__name__}")
+    return result
+
+
+def _graded(benchmark: dict) -> int:
+    """How many of a benchmark's problems have a gold answer (the denominator of its accuracy)."""
+    records = benchmark.get("records")
+    if isinstance(records, list):
+        return sum(1 for r in records if isinstance(r, dict) and r.get("correct") is not None)
+    return int(benchmark["metrics"].get("n") or 0)
+
+
+def _with_interval(accuracy: float | None, n: int) -> dict:
+    """``{"value", "n", "ci95"}``: an accuracy with its Wilson 95% interval (eval/stats.py)."""
+    from openrlhf_psr.eval.stats import wilson_interval
+
+    interval = wilson_interval(round(accuracy * n), n) if accuracy is not None and n else None
+    return {"value": accuracy, "n": n, "ci95": list(interval) if interval else None}
+
+
 def build_report(run: Path) -> dict:
-    evals = {label: json.loads((d / "eval.json").read_text()) for label, d in _models(run)}
+    from openrlhf_psr.errors import DataError
+    from openrlhf_psr.shards import read_json
+
+    if not run.is_dir():
+        raise DataError(f"{run}: expected a run folder (runs/<name>), found {'a file' if run.exists() else 'nothing'}")
+    evals = {label: _read_eval(d / "eval.json") for label, d in _models(run)}
+    if not evals and not list(run.glob("iter_*/search/summary.json")):
+        raise DataError(
+            f"{run}: expected a run folder with results (*/eval/eval.json or iter_*/search/summary.json), found none"
+        )
     benchmarks = sorted({b for e in evals.values() for b in e["benchmarks"]})
     judges = sorted({j for e in evals.values() for j in e["judges"]})
     searches = {}
     for path in sorted(run.glob("iter_*/search/summary.json")):
-        searches[path.parent.parent.name] = json.loads(path.read_text())
+        searches[path.parent.parent.name] = read_json(path, "a search summary")
     summary = {"run": str(run), "models": {}, "search": searches}
     for label, e in evals.items():
         accs = {b: e["benchmarks"][b]["metrics"]["accuracy"] for b in e["benchmarks"]}
         graded = [a for a in accs.values() if a is not None]
         summary["models"][label] = {
             "accuracy": accs,
+            # Wilson 95% intervals: n problems per benchmark; n pairs per judge set (its two orders are not
+            # independent trials, so the pair count is the conservative sample size)
+            "accuracy_ci95": {b: _with_interval(accs[b], _graded(e["benchmarks"][b])) for b in e["benchmarks"]},
+            "judge_accuracy_ci95": {
+                j: _with_interval(r.get("accuracy"), int(r.get("pairs") or 0))
+                for j, r in e["judges"].items()
+                if isinstance(r, dict)
+            },
             "average": sum(graded) / len(graded) if graded else None,
             "format": {
                 b: {k: e["benchmarks"][b]["metrics"][k] for k in ("boxed_rate", "step_marker_rate")}
@@ -62,9 +118,9 @@ def build_report(run: Path) -> dict:
             "judges": e["judges"],
             "test_time_scaling": e.get("test_time_scaling", {}),
         }
-    md = [f"# Report: {run.name}", "", "## Accuracy (%, greedy; Table 1)", ""]
-    md.append(_table(["model", *benchmarks, "average"], [
-        [m, *(_fmt(s["accuracy"].get(b), pct=True) for b in benchmarks), _fmt(s["average"], pct=True)]
+    md = [f"# Report: {run.name}", "", "## Accuracy (%, greedy, [Wilson 95% interval]; Table 1)", ""]
+    md.append(_table(["model", *(f"{b} (n)" for b in benchmarks), "average"], [
+        [m, *(_fmt_ci(s["accuracy_ci95"].get(b)) for b in benchmarks), _fmt(s["average"], pct=True)]
         for m, s in summary["models"].items()
     ]))  # fmt: skip
     md += ["", "## Format following (%: solutions with a boxed answer / with `Step 1:` markers)", ""]
@@ -86,11 +142,11 @@ def build_report(run: Path) -> dict:
             for j in judges:
                 r = s["judges"].get(j)
                 if r:
-                    rows.append([m, j, _fmt(r["accuracy"], True), _fmt(r["consistency"], True),
+                    rows.append([m, j, _fmt_ci(s["judge_accuracy_ci95"].get(j)), _fmt(r["consistency"], True),
                                  _fmt(1 - r["abstention_rate"], True) if r["abstention_rate"] is not None else "-",
                                  _fmt(r["prob_accuracy"], True), _fmt(r["always_a_rate"], True)])  # fmt: skip
-        md.append(_table(["model", "judge/set", "accuracy", "position consistency", "parseable verdicts",
-                          "P(better) accuracy", "answers A"], rows))  # fmt: skip
+        md.append(_table(["model", "judge/set", "accuracy [95% CI] (pairs)", "position consistency",
+                          "parseable verdicts", "P(better) accuracy", "answers A"], rows))  # fmt: skip
     tts_rows = [
         [m, b, _fmt(summary["models"][m]["accuracy"].get(b), True), _fmt(t["accuracy"], True), str(t["width"])]
         for m, s in summary["models"].items()
@@ -125,11 +181,16 @@ def _plots(summary: dict, benchmarks: list[str], out: Path) -> None:
         return
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for b in benchmarks:
-        ys = [summary["models"][m]["accuracy"].get(b) for m in models]
-        axes[0].plot(models, [100 * y if y is not None else float("nan") for y in ys], marker="o", label=b)
+        cells = [summary["models"][m]["accuracy_ci95"].get(b) or {} for m in models]
+        ys = [100 * c["value"] if c.get("value") is not None else float("nan") for c in cells]
+        errors = [
+            [y - 100 * c["ci95"][0] if c.get("ci95") else 0.0 for y, c in zip(ys, cells, strict=True)],
+            [100 * c["ci95"][1] - y if c.get("ci95") else 0.0 for y, c in zip(ys, cells, strict=True)],
+        ]
+        axes[0].errorbar(models, ys, yerr=errors, marker="o", capsize=3, label=b)
         steps = [summary["models"][m]["steps"].get(b, {}).get("mean_steps") for m in models]
         axes[1].plot(models, [s if s is not None else float("nan") for s in steps], marker="o", label=b)
-    axes[0].set(title="accuracy (%)", xlabel="model")
+    axes[0].set(title="accuracy (%, Wilson 95% interval)", xlabel="model")
     axes[1].set(title="steps per solution", xlabel="model")
     for ax in axes:
         ax.legend(fontsize=8)
@@ -139,16 +200,21 @@ def _plots(summary: dict, benchmarks: list[str], out: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="openrlhf-psr report", description=__doc__)
-    parser.add_argument("run", help="runs/<name>")
-    args = parser.parse_args(argv)
-    run = Path(args.run)
-    if not run.is_dir():
-        raise SystemExit(f"openrlhf-psr report: {run} is not a run directory")
-    build_report(run)
-    print((run / "report" / "summary.md").read_text())
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", help="a run folder, runs/<name>")
+
+
+def run(args: argparse.Namespace) -> int:
+    folder = Path(args.run)
+    build_report(folder)
+    print((folder / "report" / "summary.md").read_text())
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from openrlhf_psr.cli.app import module_main
+
+    return module_main(add_arguments, run, argv, "python -m openrlhf_psr.cli.report", __doc__)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import fields
 from pathlib import Path
 
+from openrlhf_psr.cli.app import add_switch, json_object, positive_int
+from openrlhf_psr.errors import UserError
 from openrlhf_psr.search import SearchConfig
 
 
@@ -20,38 +23,65 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--question-key", default="question")
     parser.add_argument("--answer-key", default="answer", help="gold answer field ('' for none)")
     parser.add_argument("--answer-rule", default="raw", choices=["raw", "gsm8k", "boxed", "first"])
-    parser.add_argument("--limit", type=int, default=None, help="number of problems (seeded subset with --seed)")
+    parser.add_argument("--limit", type=positive_int, default=None, help="number of problems (seeded subset, --seed)")
     parser.add_argument("--split", default="train", help="split of a HF dataset")
     parser.add_argument("--out", required=True, help="output directory (resumed if it exists)")
-    parser.add_argument("--subset", default=None, help="START:END of the problems after a seeded shuffle")
+    parser.add_argument("--subset", type=subset_text, default=None, help="START:END of the problems, seeded shuffle")
     parser.add_argument("--subset-seed", type=int, default=0, help="seed of that shuffle (same across iterations)")
-    parser.add_argument("--judge", default="logit", help="judge plugin: generative, logit, outcome, or module:attr")
-    parser.add_argument("--judge-settings", type=json.loads, default={}, help="JSON keyword arguments of the judge")
-    parser.add_argument("--judge-max-tokens", type=int, default=None, help="generative judge explanation cap")
+    parser.add_argument("--judge", default="generative", help="judge plugin, registry name or module:attr "
+                        "(default: generative, the paper's judge)")  # fmt: skip
+    parser.add_argument("--judge-settings", type=json_object, default={}, help="JSON keyword arguments of the judge")
+    parser.add_argument("--judge-max-tokens", type=positive_int, default=None, help="generative judge explanation cap")
     parser.add_argument(
         "--generator", default="vllm", help="engine plugin: vllm, openrlhf_ray, openai_http, module:attr"
     )
-    parser.add_argument("--generator-settings", type=json.loads, default={}, help="JSON keyword arguments")
-    parser.add_argument("--max-model-len", type=int, default=4096)
+    parser.add_argument("--generator-settings", type=json_object, default={}, help="JSON keyword arguments")
+    parser.add_argument("--max-model-len", type=positive_int, default=4096)
     parser.add_argument(
         "--method",
         default="psr",
         choices=["psr", "srlm"],
         help="psr: step-wise search; srlm: the Self-Rewarding baseline (whole solutions, 5-point score)",
     )
-    parser.add_argument("--srlm-score-samples", type=int, default=3, help="srlm: judgments averaged per solution")
+    parser.add_argument("--srlm-score-samples", type=positive_int, default=3, help="srlm: judgments per solution")
     defaults = SearchConfig()
     for f in fields(SearchConfig):
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
         if isinstance(default, bool):
-            parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=default)
+            add_switch(parser, flag, default)
         else:
             parser.add_argument(flag, type=type(default), default=default)
 
 
+def subset_text(text: str) -> str:
+    """``--subset START:END`` (END > START >= 0, END optional), kept as given.
+
+    >>> subset_text("0:16")
+    '0:16'
+    >>> subset_text("0:-5")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: expected START:END with 0 <= START < END, found '0:-5'
+    """
+    start, sep, end = text.partition(":")
+    try:
+        a, b = int(start or 0), int(end) if end else None
+    except ValueError:
+        a, b, sep = -1, None, ""
+    if not sep or a < 0 or (b is not None and b <= a):
+        raise argparse.ArgumentTypeError(f"expected START:END with 0 <= START < END, found {text!r}")
+    return text
+
+
 def config_from_args(args: argparse.Namespace) -> SearchConfig:
-    return SearchConfig(**{f.name: getattr(args, f.name) for f in fields(SearchConfig)})
+    """The search settings; an invalid combination is a one-line error naming the flag."""
+    try:
+        return SearchConfig(**{f.name: getattr(args, f.name) for f in fields(SearchConfig)})
+    except ValueError as exc:
+        first = str(exc).split()[0]
+        flag = f"--{first.replace('_', '-')}: " if first in {f.name for f in fields(SearchConfig)} else ""
+        raise UserError(f"{flag}{exc}") from None
 
 
 def build_engine(args):
@@ -68,7 +98,7 @@ def build_judge(args, engine):
     settings = dict(args.judge_settings)
     if args.judge_max_tokens is not None:
         settings["max_tokens"] = args.judge_max_tokens
-    if args.judge in ("generative", "logit", "outcome"):
+    if args.judge in ("generative", "logit", "outcome", "likelihood"):
         settings.setdefault("chat_template", args.chat_template)
     return build_judge(args.judge, JudgeContext(model=args.model, engine=engine), **settings)
 
@@ -84,11 +114,33 @@ def format_summary(summary: dict) -> str:
     return "\n".join(f"{k.ljust(width)}  {fmt(v)}" for k, v in rows)
 
 
-def run(args: argparse.Namespace) -> dict:
+def _parse_subset(text: str | None) -> tuple[int, int | None] | None:
+    """``START:END`` -> (start, end); see ``load_problems(subset=...)``.
+
+    >>> _parse_subset("400:1200"), _parse_subset(":24"), _parse_subset(None)
+    ((400, 1200), (0, 24), None)
+    """
+    if not text:
+        return None
+    start, _, end = text.partition(":")
+    return int(start or 0), int(end) if end else None
+
+
+def run(args: argparse.Namespace) -> int:
+    search(args)
+    return 0
+
+
+def search(args: argparse.Namespace) -> dict:
+    """Run the search (or SRLM's pair building) and return its summary; bad input fails before any engine starts."""
     from openrlhf_psr.data.problems import load_problems
+    from openrlhf_psr.registry import GENERATORS, JUDGES
     from openrlhf_psr.search import StepSearch
 
     config = config_from_args(args)  # validate before anything heavy starts
+    GENERATORS.get(args.generator)
+    if args.method == "psr":
+        JUDGES.get(args.judge)
     problems = load_problems(
         args.problems,
         question_key=args.question_key,
@@ -97,15 +149,17 @@ def run(args: argparse.Namespace) -> dict:
         limit=None if args.subset else args.limit,
         seed=args.seed,
         split=args.split,
+        subset=_parse_subset(args.subset),
+        subset_seed=args.subset_seed,
     )
+    if not problems:
+        what = f"--subset {args.subset}: expected problems in that range" if args.subset else "expected problems"
+        raise UserError(f"--problems {args.problems}: {what}, found none")
     if args.subset:
-        import random
-
-        start, _, end = args.subset.partition(":")
-        random.Random(args.subset_seed).shuffle(problems)
-        problems = problems[int(start or 0) : int(end) if end else None]
-        if not problems:
-            raise ValueError(f"--subset {args.subset}: no problems left (the source has fewer)")
+        start, end = _parse_subset(args.subset)
+        if end is not None and len(problems) < end - start:
+            print(f"--subset {args.subset}: the source has only {len(problems)} of {end - start} problems left",
+                  file=sys.stderr)  # fmt: skip
     engine = build_engine(args)
     if args.method == "srlm":
         from openrlhf_psr.shards import ShardStore
@@ -129,10 +183,9 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="openrlhf-psr search", description=__doc__)
-    add_arguments(parser)
-    run(parser.parse_args(argv))
-    return 0
+    from openrlhf_psr.cli.app import module_main
+
+    return module_main(add_arguments, run, argv, "python -m openrlhf_psr.cli.search", __doc__)
 
 
 if __name__ == "__main__":

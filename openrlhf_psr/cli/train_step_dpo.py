@@ -14,6 +14,10 @@ there) plus ``--psr.*``:
 ``--data.dataset`` is a search output directory, a JSONL of plain rows, or several separated by commas.
 ``--ref.model_name_or_path`` defaults to the policy (the reference for iteration t is M(t)); point it at M1 for the
 SPEC's knob. ``--model.beta`` defaults to 0.1 here (SPEC), upstream's 0.1 as well.
+
+One difference in behaviour: a DeepSpeed checkpoint counts only once it is marked complete, ``--ckpt.max_num`` /
+``--ckpt.max_mem`` rotate old ones out only after that, and ``--ckpt.load_enable`` resumes from the last complete
+one (:mod:`openrlhf_psr.trainers.checkpoints`); upstream can lose every checkpoint to a kill during a save.
 """
 
 from __future__ import annotations
@@ -61,28 +65,57 @@ def upstream_parser(module: str = UPSTREAM_CLI) -> argparse.ArgumentParser:
     return captured["parser"]
 
 
+# The ``--psr.*`` flags (the only ones added to upstream's); booleans are ``on``/``off`` as in every command here.
+PSR_FLAGS: dict[str, dict] = {
+    "reference": dict(choices=["cached", "live"], default="cached"),
+    "prompt_template": dict(choices=["psr", "raw"], default="psr"),
+    "chat_template": dict(choices=["on", "off"], default="on"),
+    "prefix_key": dict(default="prefix_steps"),
+    "final_key": dict(default="is_final"),
+    "ref_batch_size": dict(type=int, default=None, help="default: --train.micro_batch_size"),
+}
+# What a recipe's ``psr.trainer.settings`` may hold (they become these flags): name -> allowed values (None: any).
+PSR_SETTINGS = {name: tuple(spec["choices"]) if "choices" in spec else None for name, spec in PSR_FLAGS.items()}
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from openrlhf_psr.cli.app import Parser
+
     parser = upstream_parser()
+    parser.__class__ = Parser  # upstream's parser, with this package's one-line usage errors (only error() differs)
     parser.prog = "python -m openrlhf_psr.cli.train_step_dpo"
     parser.description = __doc__.split("\n\n")[0]
-    parser.add_argument("--psr.reference", choices=["cached", "live"], default="cached")
-    parser.add_argument("--psr.prompt_template", choices=["psr", "raw"], default="psr")
-    parser.add_argument("--psr.chat_template", choices=["on", "off"], default="on")
-    parser.add_argument("--psr.prefix_key", default="prefix_steps")
-    parser.add_argument("--psr.final_key", default="is_final")
-    parser.add_argument("--psr.ref_batch_size", type=int, default=None, help="default: --train.micro_batch_size")
+    for name, spec in PSR_FLAGS.items():
+        parser.add_argument(f"--psr.{name}", **spec)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of user errors as well")
     return parser
+
+
+TREE_MASK_ATTENTIONS = ("sdpa", "eager")
+
+
+def tree_mask_attention(requested: str) -> str:
+    """The attention step DPO runs with, on CPU and GPU alike: one that applies a 4D additive mask.
+
+    Each packed row ``[prefix | chosen | rejected]`` carries a (B, 1, L, L) tree mask. transformers hands a 4D mask
+    through unchanged, and FlashAttention (2, 3, kernel hub variants) reads any mask as a padding mask: wrong
+    ``cu_seqlens``, a crash or silently wrong log-probs. sdpa and eager apply it exactly; anything else -> sdpa.
+
+    >>> tree_mask_attention("flash_attention_2"), tree_mask_attention("eager")
+    ('sdpa', 'eager')
+    """
+    return requested if requested in TREE_MASK_ATTENTIONS else "sdpa"
 
 
 def parse_args(argv=None):
     from openrlhf.utils.config import hierarchize
 
     args = hierarchize(build_parser().parse_args(argv))
-    import torch
-
-    if not torch.cuda.is_available() and "flash" in args.ds.attn_implementation:
-        print(f"[openrlhf-psr] no CUDA: attn_implementation {args.ds.attn_implementation} -> sdpa", file=sys.stderr)
-        args.ds.attn_implementation = "sdpa"
+    chosen = tree_mask_attention(args.ds.attn_implementation)
+    print(f"[openrlhf-psr] step DPO attention: {chosen}" + (
+        f" (requested {args.ds.attn_implementation}: it cannot apply the 4D tree mask)"
+        if chosen != args.ds.attn_implementation else ""), file=sys.stderr)  # fmt: skip
+    args.ds.attn_implementation = chosen
     if not args.ref.model_name_or_path:
         args.ref.model_name_or_path = args.model.model_name_or_path
     return args
@@ -137,6 +170,7 @@ def train(args) -> None:
         StepDPOTrainer,
         cached_reference_logps,
         dataset_fingerprint,
+        load_complete_checkpoint,
         reference_logps,
         save_reference_logps,
     )
@@ -248,9 +282,9 @@ def train(args) -> None:
         (model, optim, scheduler), ref_model = strategy.prepare((model, cfg), ref_model)
 
     consumed_samples = 0
-    if args.ckpt.load_enable and os.path.exists(args.ckpt.path):
-        load_path, states = strategy.load_ckpt(model.model, args.ckpt.path)
-        if load_path is not None:
+    if args.ckpt.load_enable:  # the last checkpoint marked complete; a half-written one is never loaded
+        states = load_complete_checkpoint(strategy, model.model, args.ckpt.path)
+        if states is not None:
             consumed_samples = states["consumed_samples"]
             strategy.print(f"Loaded the checkpoint: {args.ckpt.path}, consumed_samples: {consumed_samples}")
 
@@ -273,9 +307,49 @@ def train(args) -> None:
     strategy.save_model(model, tokenizer, args.ckpt.output_dir)
 
 
-def main(argv=None) -> int:
-    train(parse_args(argv))
+def single_process_env() -> None:
+    """Run by hand (``python -m``, no ``deepspeed``/``torchrun`` launcher), set the single-process distributed
+    environment the launcher would: without RANK/LOCAL_RANK DeepSpeed tries MPI discovery and dies on a missing
+    ``mpi4py``. On CPU this is :func:`~openrlhf_psr.preflight.cpu_distributed_env` (gloo)."""
+    if "RANK" in os.environ or "LOCAL_RANK" in os.environ:
+        return  # a launcher set it up
+    import torch
+
+    from openrlhf_psr.preflight import single_process_env as env_for
+
+    env = env_for(cpu=not torch.cuda.is_available())
+    print(f"[openrlhf-psr] no launcher: single process (MASTER_PORT={env['MASTER_PORT']})", file=sys.stderr)
+    os.environ.update(env)
+
+
+def check_sources(args) -> None:
+    """Every ``--data.dataset`` / ``--eval.dataset`` source exists, checked before any model loads."""
+    from openrlhf_psr.errors import UserError
+
+    flags = (("--data.dataset", args.data.dataset), ("--eval.dataset", getattr(args.eval, "dataset", None)))
+    for flag, value in flags:
+        for source in filter(None, (value or "").split(",")):
+            if not Path(source.strip()).exists():
+                raise UserError(f"{flag} {source}: expected a search output folder or a JSONL of step pairs, found "
+                                "no such file or folder")  # fmt: skip
+
+
+def _train(args) -> int:
+    check_sources(args)
+    single_process_env()
+    train(args)
     return 0
+
+
+def main(argv=None) -> int:
+    from openrlhf_psr.cli.app import UsageError, execute, report
+
+    try:
+        args = parse_args(argv)
+    except UsageError as exc:
+        report(exc.problems)
+        return 2
+    return execute(_train, args)
 
 
 if __name__ == "__main__":

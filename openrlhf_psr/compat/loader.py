@@ -29,12 +29,24 @@ def target_modules() -> list[str]:
 
 @cache
 def _cuda_available() -> bool:
+    """CUDA is present: a GPU is visible, or torch is a CUDA/ROCm build.
+
+    The build counts too because on a GPU cluster some of upstream's processes see no GPU although they run there:
+    the Ray driver on a CPU head node, actors placed without GPUs (Ray empties ``CUDA_VISIBLE_DEVICES``). Those
+    must import the real upstream, not our CPU variant (and must not fail when another upstream version is
+    installed). A CUDA build on a machine without any GPU is refused with a clear message by
+    ``preflight.check_torch_build``.
+    """
     import torch  # only reached while importing an openrlhf module, which imports torch anyway
 
-    return torch.cuda.is_available()
+    return bool(torch.cuda.is_available() or torch.version.cuda or getattr(torch.version, "hip", None))
 
 
-def _check_upstream_version() -> None:
+_warned: list[str] = []
+
+
+def _upstream_version_mismatch() -> str | None:
+    """A message when the installed upstream is not the version the patches target, else None."""
     from importlib.metadata import PackageNotFoundError, version
 
     from openrlhf_psr.compat import UPSTREAM, UPSTREAM_VERSION
@@ -42,12 +54,24 @@ def _check_upstream_version() -> None:
     try:
         installed = version(UPSTREAM)
     except PackageNotFoundError:
-        return
-    if installed != UPSTREAM_VERSION:
-        raise PatchError(
-            f"openrlhf-psr's CPU patches target {UPSTREAM}=={UPSTREAM_VERSION} but {installed} is installed: "
-            f"run scripts/setup.sh, or set OPENRLHF_PSR_COMPAT=off on a CUDA machine"
-        )
+        return None
+    if installed == UPSTREAM_VERSION:
+        return None
+    return f"openrlhf-psr's CPU patches target {UPSTREAM}=={UPSTREAM_VERSION} but {installed} is installed"
+
+
+def _check_upstream_version() -> bool:
+    """True when the patches may be applied. Without CUDA another version is an error (the CPU path cannot work);
+    with CUDA (``OPENRLHF_PSR_COMPAT=on`` forced it) the hook stands aside with one warning per process."""
+    message = _upstream_version_mismatch()
+    if message is None:
+        return True
+    if not _cuda_available():
+        raise PatchError(f"{message}: run scripts/setup.sh, or set OPENRLHF_PSR_COMPAT=off on a CUDA machine")
+    if not _warned:
+        _warned.append(message)
+        print(f"openrlhf-psr: {message}; CUDA is present, so upstream is imported unpatched", file=sys.stderr)
+    return False
 
 
 class _PatchedSourceLoader(importlib.machinery.SourceFileLoader):
@@ -76,7 +100,8 @@ class PatchingFinder(importlib.abc.MetaPathFinder):
         patches = _patches_by_module().get(fullname) if fullname.startswith("openrlhf.") else None
         if not patches or not needs_cpu_compat(_cuda_available(), self.mode):
             return None
-        _check_upstream_version()
+        if not _check_upstream_version():
+            return None
         if path is None and "." in fullname:  # called directly (not by the import system): find the parent's path
             parent = importlib.util.find_spec(fullname.rpartition(".")[0])
             path = parent.submodule_search_locations if parent else None

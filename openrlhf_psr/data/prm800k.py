@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from openrlhf_psr.errors import MissingField
+
 
 @dataclass(frozen=True)
 class HumanStepPair:
@@ -35,7 +37,7 @@ def human_step_pairs(path: str | Path) -> list[HumanStepPair]:
     required = {"instruction", "responses", "next_response", "rating"}
     missing = required - set(table.column_names)
     if missing:
-        raise KeyError(f"{path}: missing columns {sorted(missing)} (has {table.column_names})")
+        raise MissingField(f"{path}: missing columns {sorted(missing)} (has {table.column_names})")
     positions: dict[tuple, dict] = {}
     for row_number, row in enumerate(table.select(sorted(required | {"error_reason"} & set(table.column_names)))
                                      .to_pylist()):  # fmt: skip

@@ -1,7 +1,8 @@
 """Problems for the search and evaluation: from the built-in task, a local JSONL/Parquet file, or a HF dataset.
 
 A source is one string:
-- ``builtin:arith`` (optionally ``builtin:arith?seed=3``): the package's own arithmetic task, any size;
+- ``builtin:arith`` (optionally ``builtin:arith?seed=3``, and difficulty knobs such as ``&ops=2-3&max_value=50``,
+  see :class:`openrlhf_psr.data.arith.Difficulty`): the package's own arithmetic task, any size;
 - a path to ``.jsonl`` / ``.json`` / ``.parquet``;
 - anything else is a Hugging Face dataset name (``name`` or ``name:config``), loaded with ``datasets``.
 
@@ -12,11 +13,13 @@ Gold answers go through a rule: ``gsm8k`` (the number after ``####``), ``boxed``
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs
 
+from openrlhf_psr.errors import DataError, MissingField
 from openrlhf_psr.steps import extract_boxed
 
 
@@ -52,16 +55,54 @@ def gold_answer(value, rule: str) -> str | None:
     raise ValueError(f"unknown gold-answer rule {rule!r}; expected gsm8k, boxed, first or raw")
 
 
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
+_FILE_SUFFIX = re.compile(r"\.[A-Za-z][A-Za-z0-9]{0,9}$")
+
+
+def local_path(source: str) -> Path | None:
+    """The local file a problem source names, or None for the built-in task and Hugging Face dataset names.
+
+    A source that looks like a path is a file, so a typo is a file error rather than a dataset download: it has a
+    file-like suffix, starts with ``.``, ``/`` or ``~``, or holds a ``/`` under a folder that exists.
+
+    >>> [local_path(s) for s in ("builtin:arith", "openai/gsm8k:main", "AI-MO/NuminaMath-1.5")]
+    [None, None, None]
+    >>> [str(local_path(s)) for s in ("d/train.jsonl", "foo.jsnol", "./data", "/tmp/x")]
+    ['d/train.jsonl', 'foo.jsnol', 'data', '/tmp/x']
+    """
+    if source.startswith("builtin:"):
+        return None
+    path = Path(source).expanduser()
+    if source.startswith((".", "/", "~")) or _FILE_SUFFIX.search(path.name):
+        return path
+    if "/" in source and path.parent.is_dir() and str(path.parent) != ".":
+        return path
+    return None
+
+
+def check_local_file(source: str, path: Path) -> None:
+    """A :class:`DataError` unless ``path`` is an existing file with a suffix we can read."""
+    if path.suffix not in DATA_SUFFIXES:
+        import difflib
+
+        close = difflib.get_close_matches(path.suffix, DATA_SUFFIXES, n=1, cutoff=0.5)
+        hint = f" (did you mean {path.with_suffix(close[0]).name!r}?)" if close else ""
+        found = f"suffix {path.suffix!r}" if path.suffix else "no suffix"
+        raise DataError(f"{source}: expected a .jsonl, .json or .parquet file, found {found}{hint}")
+    if not path.is_file():
+        found = "a folder" if path.is_dir() else "no such file"
+        raise DataError(f"{source}: expected a problem file, found {found}")
+
+
 def _rows(source: str, split: str) -> Iterable[tuple[str, int, dict]]:
     """(where, row number, row) for every row of a file or dataset."""
-    path = Path(source)
-    if path.suffix in (".jsonl", ".json") or path.suffix == ".parquet":
-        if not path.is_file():
-            raise FileNotFoundError(f"problem file {source} does not exist")
+    path = local_path(source)
+    if path is not None:
+        check_local_file(source, path)
         if path.suffix == ".parquet":
-            import pyarrow.parquet as pq
+            from openrlhf_psr.shards import read_parquet_rows
 
-            for number, row in enumerate(pq.read_table(path).to_pylist(), 1):
+            for number, row in enumerate(read_parquet_rows(path), 1):
                 yield str(path), number, row
             return
         from openrlhf_psr.shards import read_jsonl
@@ -86,22 +127,26 @@ def load_problems(
     limit: int | None = None,
     seed: int | None = None,
     split: str = "train",
+    subset: tuple[int, int | None] | None = None,
+    subset_seed: int = 0,
 ) -> list[Problem]:
-    """Load problems; ``limit`` takes a seeded random subset when ``seed`` is given, else the first rows."""
+    """Load problems; ``limit`` takes a seeded random subset when ``seed`` is given, else the first rows.
+
+    ``subset=(start, end)`` takes rows ``start:end`` of a fixed order, so disjoint ranges give disjoint problems
+    (the search's iterations): the rows shuffled with ``subset_seed`` for a file or dataset; for the built-in task,
+    whose problems are already random and unbounded, indices ``start..end-1`` (any size). Without a limit or a
+    subset the built-in task gives 24 problems.
+
+    Nothing is dropped silently: a ``null`` question (or id) is an error naming the row; a gold answer that is
+    null or that the rule cannot read is counted and reported on stderr, and an error when no row has one.
+    """
+    if subset is not None:
+        return _subset(source, subset, subset_seed, question_key=question_key, answer_key=answer_key,
+                       answer_rule=answer_rule, id_key=id_key, split=split)  # fmt: skip
     if source.startswith("builtin:"):
         problems = _builtin(source, limit or 24)
     else:
-        problems = []
-        for where, number, row in _rows(source, split):
-            if question_key not in row:
-                raise KeyError(f"{where}: row {number} has no field {question_key!r} (fields: {sorted(row)})")
-            answer = None
-            if answer_key is not None:
-                if answer_key not in row:
-                    raise KeyError(f"{where}: row {number} has no field {answer_key!r} (fields: {sorted(row)})")
-                answer = gold_answer(row[answer_key], answer_rule)
-            pid = str(row[id_key]) if id_key and id_key in row else f"{Path(source).stem}-{number - 1}"
-            problems.append(Problem(pid, str(row[question_key]), answer))
+        problems = _file_problems(source, question_key, answer_key, answer_rule, id_key, split)
     if limit is not None and len(problems) > limit:
         if seed is not None:
             problems = random.Random(seed).sample(problems, limit)
@@ -110,14 +155,69 @@ def load_problems(
     return problems
 
 
-def _builtin(source: str, n: int) -> list[Problem]:
+def _file_problems(source, question_key, answer_key, answer_rule, id_key, split) -> list[Problem]:
+    problems, missing = [], []
+    for where, number, row in _rows(source, split):
+        if question_key not in row:
+            raise MissingField(f"{where}: row {number} has no field {question_key!r} (fields: {sorted(row)})")
+        for key in (question_key, id_key):
+            if key and key in row and row[key] is None:
+                raise DataError(f"{where}: row {number}: field {key!r} is null; expected text")
+        answer = None
+        if answer_key is not None:
+            if answer_key not in row:
+                raise MissingField(f"{where}: row {number} has no field {answer_key!r} (fields: {sorted(row)})")
+            answer = gold_answer(row[answer_key], answer_rule)
+            if answer is None:
+                missing.append(number)
+        pid = str(row[id_key]) if id_key and id_key in row else f"{Path(source).stem}-{number - 1}"
+        problems.append(Problem(pid, str(row[question_key]), answer))
+    if missing and len(missing) == len(problems):
+        raise DataError(
+            f"{source}: no row has a gold answer in field {answer_key!r} under rule {answer_rule!r} "
+            f"({_RULE_EXPECTS.get(answer_rule, answer_rule)}); check answer_key/answer_rule"
+        )
+    if missing:
+        import sys
+
+        print(f"{source}: {len(missing)} of {len(problems)} rows have no gold answer in field {answer_key!r} "
+              f"under rule {answer_rule!r} (rows {missing[:5]}{'...' if len(missing) > 5 else ''})",
+              file=sys.stderr)  # fmt: skip
+    return problems
+
+
+_RULE_EXPECTS = {
+    "gsm8k": "expected text ending '#### <number>'",
+    "boxed": "expected a solution holding \\boxed{...}",
+    "first": "expected a non-empty list",
+    "raw": "expected a non-null value",
+}
+
+
+def _subset(source: str, subset: tuple[int, int | None], seed: int, **keys) -> list[Problem]:
+    start, end = subset
+    if start < 0 or (end is not None and end < start):
+        raise DataError(f"subset {start}:{end}: expected 0 <= start <= end")
+    if source.startswith("builtin:"):
+        if end is None:
+            raise DataError(f"subset {start}: of {source!r}: the built-in task is unbounded; give an end")
+        return _builtin(source, end, start)
+    problems = _file_problems(source, **keys)
+    random.Random(seed).shuffle(problems)
+    return problems[start:end]
+
+
+def _builtin(source: str, n: int, start: int = 0) -> list[Problem]:
     from openrlhf_psr.data import arith
 
     name, _, query = source.removeprefix("builtin:").partition("?")
     if name != "arith":
-        raise ValueError(f"unknown built-in task {name!r} in {source!r}; available: arith")
+        raise DataError(f"unknown built-in task {name!r} in {source!r}; available: arith")
     params = {k: v[-1] for k, v in parse_qs(query).items()}
     seed = int(params.pop("seed", 0))
-    if params:
-        raise ValueError(f"unknown option(s) {sorted(params)} in {source!r}; available: seed")
-    return [Problem(p.id, p.question, str(p.answer), p.steps) for p in arith.make_problems(n, seed=seed)]
+    try:
+        difficulty = arith.Difficulty.from_options(params)  # ops, start, add, groups, each, max_value, kinds
+    except ValueError as exc:
+        raise DataError(f"{source!r}: {exc}") from None
+    made = (arith.make_problem(seed, index, difficulty=difficulty) for index in range(start, n))
+    return [Problem(p.id, p.question, str(p.answer), p.steps) for p in made]

@@ -1,11 +1,17 @@
 """SFT data for M0 -> M1 (SPEC "The loop"): IFT (reasoning in ``Step n:`` form) and EFT (step-wise judging).
 
-Records are ``{"input": user prompt, "output": assistant answer}``, for upstream ``openrlhf.cli.train_sft`` with
-``--data.input_key input --data.output_key output --data.apply_chat_template``.
+Records are built as ``{"input": user prompt, "output": assistant answer, "kind"}`` (readable, model-free), then
+:func:`render_records` adds ``prompt`` / ``response``: the same example rendered for one model exactly as the
+search and evaluation render prompts (:func:`openrlhf_psr.prompts.render_prompt`, chat or raw format). Upstream
+``openrlhf.cli.train_sft`` trains on those with ``--data.input_key prompt --data.output_key response
+--data.input_template {}`` (identity template, no ``--data.apply_chat_template``), so the SFT prompt ids equal the
+ids the later stages send; its default template ``"User: {}\nAssistant: "`` would otherwise wrap every raw example.
 
 - IFT from GSM8K train (its solutions are already one step per line: annotations ``<<...>>`` are removed, the
   ``#### n`` line becomes ``The answer is \\boxed{n}.`` in the last step), from the built-in task, or from any
   solution segmented by a model with the paper's segmentation prompt (:func:`segment_solutions`).
+- SRLM scoring EFT (the baseline's own judging task, :func:`srlm_source`): whole solutions graded 0..5 under the
+  additive rubric by construction (reference, a repeated step, a calculation error, cut short, another problem's).
 - EFT from human-labelled step pairs (PRM800K train): the paper's judge prompt, both orders of every pair, so "A"
   and "B" are exactly balanced; the answer is an optional one-line rationale and the verdict ``[[A]]``/``[[B]]``.
   Also from the built-in task, by corrupting one step of a correct solution (ground truth known).
@@ -113,12 +119,29 @@ def builtin_step_pairs(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
-def gsm8k_ift(rows: Iterable[dict]) -> list[dict]:
-    out = []
-    for row in rows:
-        steps = gsm8k_steps(str(row.get("answer", "")))
+def gsm8k_ift(rows: Iterable[dict], source: str = "gsm8k rows") -> list[dict]:
+    """IFT records from GSM8K-style rows (``question``, ``answer`` ending ``#### <n>``).
+
+    A row without a question is an error naming the source and row (it would train on the text "None"); a row
+    whose answer has no ``####`` final answer cannot be segmented: it is skipped and counted on stderr.
+    """
+    import sys
+
+    from openrlhf_psr.errors import DataError
+
+    out, skipped = [], 0
+    for k, row in enumerate(rows, 1):
+        question = row.get("question")
+        if not isinstance(question, str) or not question.strip():
+            raise DataError(f"{source}: row {k}: expected a non-empty 'question' string, found {question!r}")
+        answer = row.get("answer")
+        steps = gsm8k_steps(answer) if isinstance(answer, str) else None
         if steps:
-            out.append(ift_record(str(row["question"]), steps))
+            out.append(ift_record(question, steps))
+        else:
+            skipped += 1
+    if skipped:
+        print(f"{source}: skipped {skipped} of {k} rows whose 'answer' has no '#### <final answer>'", file=sys.stderr)
     return out
 
 
@@ -140,6 +163,115 @@ def prm800k_eft(path: str | Path, limit: int | None = None, seed: int = 0, ratio
             p.rejected_reason if rationale else None,
         )
     return out
+
+
+# -- SRLM scoring EFT -------------------------------------------------------------------------------------------
+# The SRLM baseline judges whole solutions with the additive 5-point prompt (prompts.SRLM_SCORE_PROMPT), so its M1
+# is trained on that task: whole solutions whose grade under the rubric is known by construction, from a correct
+# reference solution. One problem gives six solutions, one per grade, so the grades are exactly balanced.
+SRLM_GRADES = {
+    0: "The solution does not address this problem (it solves a different one), so it earns no point.",
+    1: "The solution is relevant and makes some progress, but it contains an error and stops before a final answer.",
+    2: "The solution sets the problem up correctly and carries out a substantial part of the work with correct "
+    "steps, but it stops before reaching a final answer.",
+    3: "The solution reaches a final answer by a mostly sound method, but one step contains a calculation error, so "
+    "not every step is correct.",
+    4: "Every step is correct and the final answer is correct and boxed, but the solution repeats a step it already "
+    "made, an unnecessary detour.",
+    5: "Every step is correct and justified, the final answer is correct and boxed, and the solution is clear and "
+    "concise with no detours.",
+}
+
+
+def srlm_score_record(question: str, solution: str, grade: int) -> dict:
+    """One scoring example: the SRLM prompt, and a one-line rationale ending with ``Score: <grade>``."""
+    from openrlhf_psr.prompts import render_srlm_prompt
+
+    return {"input": render_srlm_prompt(question, solution), "output": f"{SRLM_GRADES[grade]}\nScore: {grade}",
+            "kind": "eft"}  # fmt: skip
+
+
+def srlm_graded_solutions(steps: Sequence[str], other: Sequence[str], rng: random.Random) -> dict[int, list[str]]:
+    """Whole solutions of one problem with their rubric grade, made from its correct ``Step n:`` reference
+    ``steps`` (>= 2) and another problem's reference ``other``; a grade is missing when it cannot be made (no number
+    to corrupt).
+
+    >>> graded = srlm_graded_solutions(["Step 1: 2 + 3 = 5.", "Step 2: 5 * 2 = 10. \\\\boxed{10}"],
+    ...                                ["Step 1: 7 - 1 = 6. \\\\boxed{6}"], random.Random(0))
+    >>> sorted(graded), graded[5] == ["Step 1: 2 + 3 = 5.", "Step 2: 5 * 2 = 10. \\\\boxed{10}"], graded[2]
+    ([0, 1, 2, 3, 4, 5], True, ['Step 1: 2 + 3 = 5.'])
+    """
+    from openrlhf_psr.steps import strip_marker
+
+    steps, bodies = list(steps), [strip_marker(x) for x in steps]
+    renumber = lambda xs: [format_step(n, x) for n, x in enumerate(xs, 1)]  # noqa: E731
+    out: dict[int, list[str]] = {5: steps, 0: list(other)}
+    repeat = rng.randrange(len(steps) - 1)  # a step repeated verbatim before the next one: correct, a detour
+    out[4] = renumber(bodies[: repeat + 1] + [bodies[repeat]] + bodies[repeat + 1 :])
+    cut = rng.randrange(1, len(steps))  # correct steps, no final answer
+    out[2] = steps[:cut]
+    wrong = corrupt_step(steps[-1], rng) if rng.random() < 0.5 else None
+    k = len(steps) - 1 if wrong is not None else rng.randrange(len(steps))
+    wrong = wrong or corrupt_step(steps[k], rng)
+    if wrong is not None:
+        out[3] = steps[:k] + [wrong] + steps[k + 1 :]  # a calculation error, the solution still ends
+        if k < cut:
+            out[1] = steps[:k] + [wrong] + steps[k + 1 : cut]  # an error, and no final answer
+        elif (bad := corrupt_step(steps[cut - 1], rng)) is not None:
+            out[1] = steps[: cut - 1] + [bad]
+    return out
+
+
+def srlm_scoring_eft(solutions: Sequence[tuple[str, Sequence[str]]], seed: int = 0) -> list[dict]:
+    """SRLM scoring examples from (question, reference steps) items: each item's graded solutions (see
+    :func:`srlm_graded_solutions`; the grade-0 solution is the next item's reference). Items with fewer than two
+    steps cannot be graded finely: they are skipped, counted on stderr."""
+    import sys
+
+    rng = random.Random(seed)
+    solutions = list(solutions)
+    usable = [(q, list(steps)) for q, steps in solutions if len(steps) >= 2]
+    if len(usable) < len(solutions):
+        print(f"SRLM scoring EFT: skipped {len(solutions) - len(usable)} of {len(solutions)} problems whose reference "
+              "has fewer than 2 steps", file=sys.stderr)  # fmt: skip
+    records = []
+    for k, (question, steps) in enumerate(usable):
+        other = usable[(k + 1) % len(usable)][1] if len(usable) > 1 else ["Step 1: The answer is \\boxed{0}."]
+        for grade, solution in sorted(srlm_graded_solutions(steps, other, rng).items()):
+            records.append(srlm_score_record(question, render_solution(solution), grade))
+    return records
+
+
+def srlm_source(kind: str, path: str | None, limit: int | None, seed: int = 0) -> list[dict]:
+    """``--eft srlm-builtin:N`` (N built-in problems) or ``--eft srlm-gsm8k:PATH[:N]`` (N GSM8K train problems):
+    six graded whole solutions per problem (the grades 0..5) with the SRLM scoring prompt."""
+    if kind == "srlm-builtin":
+        from openrlhf_psr.data.arith import make_problem
+
+        made = (make_problem(seed + 104729, i) for i in range(limit or 64))  # problems unlike the IFT ones
+        return srlm_scoring_eft([(p.question, p.steps) for p in made], seed)
+    if kind == "srlm-gsm8k":
+        from openrlhf_psr.shards import read_jsonl
+
+        items, unreadable = [], []
+        for line, row in enumerate(read_jsonl(Path(path)), 1):
+            for key in ("question", "answer"):
+                if not isinstance(row.get(key), str):
+                    raise ValueError(f"{path}:{line}: field {key!r} is missing or not text (srlm-gsm8k)")
+            steps = gsm8k_steps(row["answer"])
+            if steps:
+                items.append((row["question"], steps))
+            else:
+                unreadable.append(line)
+        if unreadable:
+            import sys
+
+            print(f"{path}: skipped {len(unreadable)} rows whose answer has no '#### <number>' final line "
+                  f"(lines {unreadable[:5]})", file=sys.stderr)  # fmt: skip
+        if limit is not None and limit < len(items):
+            items = random.Random(seed).sample(items, limit)
+        return srlm_scoring_eft(items, seed)
+    raise ValueError(f"unknown SRLM scoring source {kind!r}; expected srlm-builtin:N or srlm-gsm8k:PATH[:N]")
 
 
 def segment_solutions(engine, items: Sequence[tuple[str, str]], *, max_tokens: int = 1024, chat_template=True):
@@ -164,6 +296,14 @@ def segment_solutions(engine, items: Sequence[tuple[str, str]], *, max_tokens: i
         keeps_answer = extract_boxed(solution) is None or extract_boxed(render_solution(steps)) is not None
         out.append([format_step(n, s) for n, s in enumerate(steps, 1)] if steps and keeps_answer else None)
     return out
+
+
+def render_records(records: Iterable[dict], tokenizer, *, chat_template: bool) -> list[dict]:
+    """Each record with ``prompt`` / ``response`` added: its ``input`` / ``output`` rendered for ``tokenizer``'s model
+    in the recipe's format (:func:`openrlhf_psr.prompts.render_sft_row`)."""
+    from openrlhf_psr.prompts import render_sft_row
+
+    return [{**r, **render_sft_row(tokenizer, r["input"], r["output"], chat_template=chat_template)} for r in records]
 
 
 def write_jsonl(records: Iterable[dict], path: str | Path) -> int:

@@ -8,9 +8,11 @@ Sources:
   merge across the boundary. A step's own delimiter/whitespace stays in its text; EOS is appended to a final step
   only (``is_final`` field, else "holds a complete ``\\boxed{}``").
 
-Rows whose chosen or rejected step is empty, or where both are identical, are skipped and counted; rows longer than
-``max_len`` keep both steps and lose prefix tokens from the left (counted), or are dropped when the steps alone do
-not fit (counted). Nothing is lost silently: :class:`PairStats` is printed and saved by the trainer.
+Rows whose chosen or rejected step is empty, or where both are identical, are skipped and counted; a ``null``
+field is an error naming the file and line. Rows longer than ``max_len`` keep the question (the rendered problem
+prompt with its chat header) and both steps, and lose the *oldest* accepted-step tokens right after the question
+(counted); they are dropped (counted) when the question and the steps alone do not fit, or when the end of the
+question is unknown. Nothing is lost silently: :class:`PairStats` is printed and saved by the trainer.
 
 Each item is one packed row for :mod:`openrlhf_psr.trainers.shared_prefix`. ``collate_fn`` fills the five slots of
 OpenRLHF's ``DPOTrainer`` loop as ``(ids, segments, positions, reference_logps, meta)``.
@@ -23,6 +25,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from openrlhf_psr.errors import DataError, MissingField
 from openrlhf_psr.prompts import prompt_token_ids, render_step_prompt
 from openrlhf_psr.shards import ShardStore, read_jsonl
 from openrlhf_psr.steps import extract_boxed
@@ -34,6 +37,7 @@ class StepPair:
     chosen_ids: tuple[int, ...]
     rejected_ids: tuple[int, ...]
     source: str  # "file:line" or "problem_id/step", for error messages
+    question_len: int | None = None  # leading prompt ids that are the problem prompt (kept whole); None: unknown
 
 
 @dataclass
@@ -58,12 +62,23 @@ class PairStats:
 
 
 def pairs_from_search(directory: str | Path) -> Iterator[StepPair]:
-    for record in ShardStore(directory).read("pairs"):
+    """Pair records as generated; where the question ends comes from the problem's trajectory (its
+    ``prompt_ids``), or is the whole prompt for a pair without accepted prefix steps (SRLM)."""
+    store = ShardStore(directory)
+    question = {t["problem_id"]: t["prompt_ids"] for t in store.read("trajectories") if t.get("prompt_ids")}
+    for record in store.read("pairs"):
+        prompt = tuple(record["prompt_ids"])
+        head = question.get(record["problem_id"])
+        if head is not None and tuple(head) == prompt[: len(head)]:
+            question_len = len(head)
+        else:
+            question_len = len(prompt) if not record.get("prefix_steps") and head is None else None
         yield StepPair(
-            tuple(record["prompt_ids"]),
+            prompt,
             tuple(record["chosen_ids"]),
             tuple(record["rejected_ids"]),
             f"{record['problem_id']}/step{record['step_index']}",
+            question_len,
         )
 
 
@@ -86,13 +101,18 @@ def pairs_from_jsonl(
     for line, row in enumerate(read_jsonl(Path(path)), 1):
         for key in (prompt_key, chosen_key, rejected_key):
             if key not in row:
-                raise KeyError(f"{path}:{line}: missing field {key!r} (fields: {sorted(row)})")
+                raise MissingField(f"{path}:{line}: missing field {key!r} (fields: {sorted(row)})")
+            if row[key] is None:
+                raise DataError(f"{path}:{line}: field {key!r} is null; expected text")
         problem = str(row[prompt_key])
         text = render_step_prompt(problem) if prompt_template == "psr" else problem
         ids = prompt_token_ids(tokenizer, text, chat_template=chat_template)
+        question_len = len(ids)
         prefix = row.get(prefix_key) or []
         if isinstance(prefix, str):
             prefix = [prefix]
+        if any(s is None for s in prefix):
+            raise DataError(f"{path}:{line}: field {prefix_key!r} holds a null step; expected text")
         prefix_text = "".join(s if s.endswith(("\n", " ")) else s + "\n" for s in map(str, prefix))
         if prefix_text:
             ids = ids + tokenizer.encode(prefix_text, add_special_tokens=False)
@@ -104,7 +124,7 @@ def pairs_from_jsonl(
             if step_ids and final and eos is not None:
                 step_ids = step_ids + [eos]
             steps.append(tuple(step_ids))
-        yield StepPair(tuple(ids), steps[0], steps[1], f"{path}:{line}")
+        yield StepPair(tuple(ids), steps[0], steps[1], f"{path}:{line}", question_len)
 
 
 def load_step_pairs(source: str | Path, tokenizer=None, **jsonl_options) -> Iterator[StepPair]:
@@ -147,9 +167,13 @@ class StepPairDataset:
                 self.stats.note("dropped_too_long", pair.source)
                 continue
             if len(prefix) > budget:
+                question = pair.question_len
+                if question is None or question > budget:
+                    self.stats.note("dropped_too_long", pair.source)
+                    continue
                 self.stats.note("truncated_prefix", pair.source)
                 self.stats.truncated_tokens += len(prefix) - budget
-                prefix = prefix[-budget:]
+                prefix = prefix[:question] + prefix[len(prefix) - (budget - question) :]
             self.items.append(pack_pair(prefix, chosen, rejected))
             self.sources.append(pair.source)
         self.stats.kept = len(self.items)

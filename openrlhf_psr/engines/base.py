@@ -23,6 +23,7 @@ class SampleRequest:
     max_tokens: int = 256
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    affinity: str | None = None  # requests with the same key go to the same engine of a multi-engine generator
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,17 @@ class Engine(ABC):
     @abstractmethod
     def generate(self, requests: Sequence[SampleRequest]) -> list[list[Sample]]:
         """One list of ``request.n`` samples per request, in request order."""
+
+    def continuation_logprobs(self, items: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[list[float]]:
+        """For each ``(context ids, continuation ids)``: the log-probability of every continuation token given the
+        context and the continuation tokens before it (teacher forcing), all items in one batched call.
+
+        Used by judges that score given text instead of generating (the likelihood judge). An engine that cannot
+        score a prompt raises NotImplementedError; the in-process ``vllm`` engine can.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot score given continuations (prompt log-probs); use the 'vllm' generator"
+        )
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the engine's resources."""
@@ -80,7 +92,7 @@ class CountingEngine(Engine):
     def __init__(self, inner: Engine):
         self.inner = inner
         self.tokenizer = inner.tokenizer
-        self.calls = self.requests = self.sequences = self.generated_tokens = 0
+        self.calls = self.requests = self.sequences = self.generated_tokens = self.scored_tokens = 0
 
     def generate(self, requests: Sequence[SampleRequest]) -> list[list[Sample]]:
         out = self.inner.generate(requests)
@@ -88,6 +100,12 @@ class CountingEngine(Engine):
         self.requests += len(requests)
         self.sequences += sum(len(o) for o in out)
         self.generated_tokens += sum(len(s.token_ids) for o in out for s in o)
+        return out
+
+    def continuation_logprobs(self, items):
+        out = self.inner.continuation_logprobs(items)
+        self.calls += 1
+        self.scored_tokens += sum(len(c) for _, c in items)
         return out
 
     def close(self) -> None:

@@ -47,9 +47,10 @@ class OpenAIHTTPEngine(Engine):
         self.approx_ids = 0
 
     @classmethod
-    def from_config(cls, model: str, *, base_url: str, seed: int = 0, max_model_len: int = 0, **settings):
+    def from_config(cls, model: str, *, base_url: str, seed: int = 0, max_model_len: int = 0,
+                    served_model_name: str | None = None, **settings):  # fmt: skip
         """``base_url`` is required; ``model`` is the served model name (and where its tokenizer comes from)."""
-        return cls(base_url, model=settings.pop("served_model_name", model), **settings)
+        return cls(base_url, model=served_model_name or model, **settings)
 
     def _payload(self, r: SampleRequest) -> dict:
         payload = {

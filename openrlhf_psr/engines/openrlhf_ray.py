@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import zlib
 
 from openrlhf_psr.engines.base import Engine, from_vllm_output, to_vllm_params
 from openrlhf_psr.models import resolve_model
@@ -16,10 +17,32 @@ from openrlhf_psr.models import resolve_model
 _FORWARDED_ENV = ("VLLM_CPU_KVCACHE_SPACE", "OPENRLHF_PSR_CACHE", "OPENRLHF_PSR_COMPAT", "HF_HUB_OFFLINE")
 
 
-def start_local_ray(num_cpus: int | None = None, logical_gpus: int | None = None, kv_cache_gib: int = 2):
-    """``ray.init`` a local cluster fit for ``create_vllm_engines`` on this machine (idempotent).
+def ray_init_kwargs(*, join: bool, in_job: bool, num_cpus: int, num_gpus: int, env_vars: dict) -> dict:
+    """The arguments of ``ray.init``: join the running cluster, or start a local one.
 
-    Without CUDA one logical GPU is declared so upstream's ``{"GPU": 1}`` bundles can be placed.
+    A running cluster has its own resources (``ray.init`` raises if it is handed ``num_cpus``/``num_gpus``), and
+    inside a Ray job the job's runtime env already reaches every actor (handing it again, with the same
+    environment keys, is a merge conflict that raises).
+
+    >>> ray_init_kwargs(join=True, in_job=True, num_cpus=2, num_gpus=1, env_vars={"A": "1"})
+    {'address': 'auto', 'log_to_driver': True}
+    >>> sorted(ray_init_kwargs(join=False, in_job=False, num_cpus=2, num_gpus=1, env_vars={}))
+    ['include_dashboard', 'log_to_driver', 'num_cpus', 'num_gpus', 'runtime_env']
+    """
+    if join:
+        kwargs = {"address": "auto", "log_to_driver": True}
+        if env_vars and not in_job:
+            kwargs["runtime_env"] = {"env_vars": env_vars}
+        return kwargs
+    return {"num_cpus": num_cpus, "num_gpus": num_gpus, "include_dashboard": False, "log_to_driver": True,
+            "runtime_env": {"env_vars": env_vars}}  # fmt: skip
+
+
+def start_local_ray(num_cpus: int | None = None, logical_gpus: int | None = None, kv_cache_gib: int = 2):
+    """Join the running Ray cluster (``ray start``, or inside a Ray job), else ``ray.init`` a local one fit for
+    ``create_vllm_engines`` on this machine (idempotent).
+
+    Without CUDA the local cluster declares one logical GPU so upstream's ``{"GPU": 1}`` bundles can be placed.
     """
     import ray
     import torch
@@ -27,17 +50,37 @@ def start_local_ray(num_cpus: int | None = None, logical_gpus: int | None = None
     if ray.is_initialized():
         return ray
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(kv_cache_gib)))
+    env_vars = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
+    in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ or bool(os.environ.get("RAY_JOB_ID"))
+    try:
+        ray.init(**ray_init_kwargs(join=True, in_job=in_job, num_cpus=0, num_gpus=0, env_vars=env_vars))
+        return ray
+    except ConnectionError:  # no running cluster to join
+        pass
     if logical_gpus is None:
         logical_gpus = torch.cuda.device_count() or 1
-    env_vars = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
-    ray.init(
-        num_cpus=num_cpus or os.cpu_count(),
-        num_gpus=logical_gpus,
-        include_dashboard=False,
-        log_to_driver=True,
-        runtime_env={"env_vars": env_vars},
-    )
+    ray.init(**ray_init_kwargs(join=False, in_job=False, num_cpus=num_cpus or os.cpu_count(),
+                               num_gpus=logical_gpus, env_vars=env_vars))  # fmt: skip
     return ray
+
+
+class EngineGroup(list):
+    """The engine actors, plus the placement groups upstream created for them (released by ``close``).
+
+    Upstream keeps no handle on the group it creates (passing ``shared_pg`` instead would switch it to its hybrid
+    mode, 0.2 GPU per engine), so the group is found as the one that appeared while the engines were created: two
+    drivers creating engines in the same cluster at the same instant could each claim the other's group.
+    """
+
+    def __init__(self, engines=(), placement_groups=()):
+        super().__init__(engines)
+        self.placement_groups: list[str] = list(placement_groups)
+
+
+def _placement_group_ids() -> set[str]:
+    from ray.util.placement_group import placement_group_table
+
+    return {pg_id for pg_id, info in placement_group_table().items() if info.get("state") != "REMOVED"}
 
 
 def create_engines(
@@ -57,7 +100,8 @@ def create_engines(
     install()
     from openrlhf.trainer.ray.vllm_engine import create_vllm_engines
 
-    return create_vllm_engines(
+    before = _placement_group_ids()
+    engines = create_vllm_engines(
         num_engines,
         tensor_parallel_size,
         resolve_model(model),
@@ -68,17 +112,22 @@ def create_engines(
         max_model_len,
         gpu_memory_utilization=gpu_memory_utilization,
     )
+    return EngineGroup(engines, sorted(_placement_group_ids() - before))
 
 
 class OpenRLHFRayEngine(Engine):
     """:class:`~openrlhf_psr.engines.base.Engine` over upstream's ``RolloutRayActor`` engines.
 
-    Requests are spread over the engines round-robin and submitted all at once; each async actor batches what it
-    receives (continuous batching), so one ``generate`` call is one batched round across the cluster.
+    Requests are pinned to engines by problem (:func:`engine_index`) and submitted all at once; each async actor
+    batches what it receives (continuous batching), so one ``generate`` call is one batched round across the
+    cluster.
     """
+
+    settings_signature = staticmethod(create_engines)  # where a recipe's psr.generator.settings go (checked there)
 
     def __init__(self, engines, tokenizer, *, per_request_seeds: bool | None = None):
         self.engines = list(engines)
+        self.placement_groups = list(getattr(engines, "placement_groups", []))
         self.tokenizer = tokenizer
         if per_request_seeds is None:
             import torch
@@ -104,16 +153,41 @@ class OpenRLHFRayEngine(Engine):
         import ray
 
         refs = [
-            self.engines[k % len(self.engines)].generate.remote(
+            self.engines[engine_index(r, len(self.engines))].generate.remote(
                 prompt_token_ids=list(r.prompt_token_ids),
                 sampling_params=to_vllm_params(r if self.per_request_seeds else dataclasses.replace(r, seed=None)),
             )
-            for k, r in enumerate(requests)
+            for r in requests
         ]
         return [from_vllm_output(o) for o in ray.get(refs)]
 
     def close(self):
+        """Stop the engines and give their GPUs back (upstream's placement group would hold them otherwise)."""
         import ray
+        from ray.util.placement_group import PlacementGroup, remove_placement_group
 
         for engine in self.engines:
             ray.kill(engine)
+        for pg_id in self.placement_groups:
+            remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))))
+        self.engines, self.placement_groups = [], []
+
+
+PIN_PREFIX_TOKENS = 256
+
+
+def engine_index(request, engines: int) -> int:
+    """The engine a request goes to: the same one for every request of a problem, so that the problem's prompt
+    prefix (and its judge prompts' prefix) stays in that engine's prefix cache across rounds.
+
+    The key is ``request.affinity`` when the caller sets it (the search and the judges name the problem), else the
+    prompt's first ``PIN_PREFIX_TOKENS`` tokens. A stable hash (crc32): the same engine in every process and run.
+
+    >>> from openrlhf_psr.engines.base import SampleRequest
+    >>> a, b = SampleRequest((1, 2, 3), affinity="p7"), SampleRequest((9, 9), affinity="p7")
+    >>> engine_index(a, 4) == engine_index(b, 4), engine_index(a, 1)
+    (True, 0)
+    """
+    affinity = getattr(request, "affinity", None)
+    key = affinity if affinity is not None else ",".join(map(str, request.prompt_token_ids[:PIN_PREFIX_TOKENS]))
+    return zlib.crc32(key.encode()) % engines

@@ -61,6 +61,7 @@ class VLLMLocalEngine(Engine):
     def __init__(self, llm=None, *, model: str | None = None, **llm_kwargs):
         self.llm = llm if llm is not None else create_llm(model, **llm_kwargs)
         self.tokenizer = self.llm.get_tokenizer()
+        self.rescored = 0  # continuations scored twice because the prefix cache already held them (a statistic)
 
     @classmethod
     def from_config(cls, model: str, *, seed: int = 0, max_model_len: int = 4096, **settings) -> VLLMLocalEngine:
@@ -74,6 +75,51 @@ class VLLMLocalEngine(Engine):
         prompts = [TokensPrompt(prompt_token_ids=list(r.prompt_token_ids)) for r in requests]
         outputs = self.llm.generate(prompts, [to_vllm_params(r) for r in requests], use_tqdm=False)
         return [from_vllm_output(o) for o in outputs]
+
+    def continuation_logprobs(self, items, *, use_prefix_cache: bool = True) -> list[list[float]]:
+        """Per-token log-probs of each continuation given its context: vLLM prompt log-probs of ``context +
+        continuation`` (one generated token each, discarded), all items in one batched call.
+
+        vLLM skips *reading* the prefix cache for prompt log-prob requests by default, because rows of cached tokens
+        are never computed. Here only the continuation's rows are needed, so the shared context (problem and
+        previous steps) may come from the cache: with ``use_prefix_cache`` the call reads it, and any item whose
+        cache hit reaches into the continuation (e.g. a candidate this engine just generated) is scored again with
+        cache reading off. Each output's ``num_cached_tokens`` says which case applies.
+        """
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        prompts = [list(context) + list(continuation) for context, continuation in items]
+        starts = [len(context) for context, _ in items]
+        for k, start in enumerate(starts):
+            if start == 0:
+                raise ValueError(f"continuation_logprobs: item {k} has an empty context (nothing to condition on)")
+        results: list[list[float] | None] = [[] if len(c) == 0 else None for _, c in items]
+
+        def score(indices: list[int], read_cache: bool) -> list[int]:
+            params = SamplingParams(
+                max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False,
+                skip_reading_prefix_cache=not read_cache,
+            )  # fmt: skip
+            outputs = self.llm.generate(
+                [TokensPrompt(prompt_token_ids=prompts[k]) for k in indices], params, use_tqdm=False
+            )
+            stale = []
+            for k, out in zip(indices, outputs, strict=True):
+                if read_cache and (out.num_cached_tokens or 0) > starts[k] - 1:
+                    stale.append(k)  # the rows we need were served from the cache, not computed
+                    continue
+                ids = prompts[k]
+                results[k] = [out.prompt_logprobs[p][ids[p]].logprob for p in range(starts[k], len(ids))]
+            return stale
+
+        todo = [k for k, r in enumerate(results) if r is None]
+        if todo:
+            stale = score(todo, read_cache=use_prefix_cache)
+            self.rescored += len(stale)
+            if stale:
+                score(stale, read_cache=False)
+        return results  # type: ignore[return-value]
 
     def close(self):
         del self.llm

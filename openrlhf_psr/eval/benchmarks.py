@@ -1,7 +1,8 @@
 """The paper's benchmarks (Table 1) and their gold-answer rules, from local JSONL or a Hugging Face dataset.
 
 Local layout (as ../shared/data/eval): ``<root>/<name>/test.jsonl``. A benchmark can be pointed at any other file
-or dataset name with ``source``; ``limit`` takes a seeded subset (for CPU runs).
+or dataset name with ``source``. A benchmark is kept whole unless ``limit`` is given (a seeded subset, for CPU
+runs); a file whose gold-answer field yields no answer under the benchmark's rule is an error naming file and field.
 """
 
 from __future__ import annotations

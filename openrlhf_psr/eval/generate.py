@@ -58,21 +58,39 @@ def greedy_solutions(
     return [samples[0].text for samples in engine.generate(requests)]
 
 
-def score_solutions(problems: Sequence[Problem], texts: Sequence[str], tokenizer=None, grader=None) -> dict:
+def score_solutions(
+    problems: Sequence[Problem],
+    texts: Sequence[str],
+    tokenizer=None,
+    grader=None,
+    *,
+    headline: str = "math_verify",
+    deadline_s: float | None = None,
+    progress: bool = False,
+) -> dict:
     """Per-problem records and the metrics people compare: accuracy (math-verify, and the Qwen-style grader, with
-    their disagreements), format-following, step statistics. ``grader(pred, gold)`` replaces both (tests)."""
-    answers = [extract_boxed(t) for t in texts]
-    if grader is None:
-        from openrlhf_psr.eval.graders import grade_all
+    their disagreements), format-following, step statistics. ``grader(pred, gold)`` replaces both (tests).
 
-        graded_all = grade_all(answers, [p.answer for p in problems])
-        primary = [g["math_verify"] for g in graded_all["grades"]]
-        qwen = [g["qwen"] for g in graded_all["grades"]]
+    Each record keeps every grader's own verdict and timeouts (``grades``); ``correct`` is the ``headline`` grader's
+    verdict (a timeout is wrong) and ``metrics["accuracy_grader"]`` names that grader. ``deadline_s`` bounds each
+    grader on each answer (default: :data:`openrlhf_psr.grading.DEADLINE_S`)."""
+    answers = [extract_boxed(t) for t in texts]
+    golds = [p.answer for p in problems]
+    if grader is None:
+        from openrlhf_psr.eval.graders import GRADERS, TIME_LIMIT_S, grade_all
+
+        if headline not in GRADERS:
+            raise ValueError(f"headline grader {headline!r}: expected one of {', '.join(GRADERS)}")
+        deadline_s = deadline_s or TIME_LIMIT_S
+        graded_all = grade_all(answers, golds, time_limit_s=deadline_s, progress=progress)
+        names = GRADERS
     else:
-        primary = qwen = [bool(grader(a, p.answer)) for a, p in zip(answers, problems, strict=True)]
-        graded_all = {"disagreements": [], "timed_out": 0}
+        headline, names = "custom", ("custom",)
+        verdicts = [bool(grader(a, g)) if g is not None else None for a, g in zip(answers, golds, strict=True)]
+        grades = [{"custom": v, "timeouts": []} for v in verdicts]
+        graded_all = {"grades": grades, "disagreements": [], "timeouts": {"custom": 0}}
     records = []
-    for p, text, answer, ok, ok_qwen in zip(problems, texts, answers, primary, qwen, strict=True):
+    for p, text, answer, grades in zip(problems, texts, answers, graded_all["grades"], strict=True):
         steps = parse_steps(text)
         step_tokens = [len(tokenizer.encode(s, add_special_tokens=False)) for s in steps] if tokenizer else []
         records.append(
@@ -80,8 +98,9 @@ def score_solutions(problems: Sequence[Problem], texts: Sequence[str], tokenizer
                 "id": p.id,
                 "gold": p.answer,
                 "answer": answer,
-                "correct": ok if p.answer is not None else None,
-                "correct_qwen": ok_qwen if p.answer is not None else None,
+                "correct": grades[headline] is True if p.answer is not None else None,
+                "correct_qwen": grades["qwen"] is True if p.answer is not None and "qwen" in grades else None,
+                "grades": grades,
                 "step_markers": has_step_markers(text),
                 "steps": len(steps),
                 "step_tokens": step_tokens,
@@ -89,15 +108,20 @@ def score_solutions(problems: Sequence[Problem], texts: Sequence[str], tokenizer
             }
         )
     graded = [r["correct"] for r in records if r["correct"] is not None]
+
+    def accuracy(name: str) -> float | None:  # a timeout (None) counts as wrong
+        right = sum(r["grades"][name] is True for r in records if r["gold"] is not None)
+        return right / len(graded) if graded else None
+
     all_step_tokens = [t for r in records for t in r["step_tokens"]]
     metrics = {
         "n": len(records),
-        "accuracy": sum(graded) / len(graded) if graded else None,  # math-verify
-        "accuracy_qwen": (sum(bool(r["correct_qwen"]) for r in records if r["correct_qwen"] is not None) / len(graded))
-        if graded
-        else None,
+        "accuracy": sum(graded) / len(graded) if graded else None,  # the headline grader's
+        "accuracy_grader": headline,
+        **{f"accuracy_{name}": accuracy(name) for name in names},
         "grader_disagreements": len(graded_all["disagreements"]),
-        "grading_timeouts": graded_all["timed_out"],
+        "grading_timeouts": graded_all["timeouts"],  # per grader: answers it gave no verdict for in time
+        "grading_deadline_s": deadline_s,
         "boxed_rate": sum(r["answer"] is not None for r in records) / len(records) if records else 0.0,
         "step_marker_rate": sum(r["step_markers"] for r in records) / len(records) if records else 0.0,
         "mean_steps": statistics.fmean(r["steps"] for r in records) if records else 0.0,

@@ -1,4 +1,8 @@
-"""The paper's step-wise LLM-as-a-Judge: explanation, then a ``[[A]]``/``[[B]]`` verdict, greedy."""
+"""The paper's step-wise LLM-as-a-Judge: explanation, then a ``[[A]]``/``[[B]]`` verdict, greedy.
+
+Candidate text reaches the model only through ``judges.guard.guarded_prompt_ids`` (no forged special tokens, no
+forged block delimiters) and the verdict only through ``parse_verdict`` (no quoted candidate verdicts).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,8 @@ from collections.abc import Sequence
 
 from openrlhf_psr.engines.base import Engine, SampleRequest
 from openrlhf_psr.judges.base import Comparison, JudgeContext, Judgment, PairwiseJudge
+from openrlhf_psr.judges.guard import guarded_prompt_ids
 from openrlhf_psr.judges.verdict import parse_verdict
-from openrlhf_psr.prompts import prompt_token_ids
 from openrlhf_psr.tournament import Verdict
 
 
@@ -39,10 +43,12 @@ class GenerativeJudge(PairwiseJudge):
     def judge(self, comparisons: Sequence[Comparison]) -> list[Judgment]:
         requests = [
             SampleRequest(
-                tuple(prompt_token_ids(self.engine.tokenizer, c.prompt(), chat_template=self.chat_template)),
+                tuple(guarded_prompt_ids(self.engine.tokenizer, c.prompt(), chat_template=self.chat_template)),
                 n=1,
                 temperature=0.0,
                 max_tokens=self.max_tokens,
+                # one engine per problem: the judge prompts' shared prefix stays cached
+                affinity=getattr(c, "question", None),
             )
             for c in comparisons
         ]

@@ -4,6 +4,9 @@ Small judges follow the verdict format poorly; reading the two verdict logits ne
 abstains. The prompt ends right where the verdict token goes (``... [[``); the hidden state there is projected onto
 the output rows of "A" and "B" **in fp32** (SPEC: in bf16 the two logits are often equal, which turns into a
 constant "A"). ``p_a`` is returned so the tournament can average probabilities over both orders.
+
+Candidate text is placed with ``judges.guard.guarded_prompt_ids``, like the generative judge's: a step cannot close
+the user turn and start the judge's answer with its own ``[[``.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from openrlhf_psr.judges.base import Comparison, JudgeContext, Judgment, PairwiseJudge
-from openrlhf_psr.prompts import prompt_token_ids
+from openrlhf_psr.judges.guard import guarded_prompt_ids
 from openrlhf_psr.tournament import Verdict
 
 VERDICT_OPENING = "[["
@@ -65,7 +68,8 @@ class LogitJudge(PairwiseJudge):
         return cls(model or context.model, **kw)
 
     def prompt_ids(self, comparison: Comparison) -> list[int]:
-        ids = prompt_token_ids(self.tokenizer, comparison.prompt(), chat_template=self.chat_template)
+        """The guarded judge prompt (``judges.guard``) followed by the verdict opening ``[[``."""
+        ids = guarded_prompt_ids(self.tokenizer, comparison.prompt(), chat_template=self.chat_template)
         return ids + self.opening_ids
 
     def probabilities(self, comparisons: Sequence[Comparison]) -> list[float]:

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 
 from openrlhf_psr.engines.base import Engine, SampleRequest
 from openrlhf_psr.judges.base import Comparison, JudgeContext, Judgment, PairwiseJudge
-from openrlhf_psr.prompts import prompt_token_ids, render_step_prompt
+from openrlhf_psr.judges.guard import encode_plain, guarded_prompt_ids
+from openrlhf_psr.prompts import render_step_prompt
 from openrlhf_psr.steps import extract_boxed
 from openrlhf_psr.tournament import Verdict
 
@@ -64,8 +65,9 @@ class OutcomeJudge(PairwiseJudge):
         requests = []
         for question, previous, step, _ in keys:
             prefix = "".join(s + "\n" for s in (*previous, step))
-            ids = prompt_token_ids(tok, render_step_prompt(question), chat_template=self.chat_template)
-            ids += tok.encode(prefix, add_special_tokens=False)
+            # Candidate text continues the policy prompt: encoded as plain text, so it cannot end the turn.
+            ids = guarded_prompt_ids(tok, render_step_prompt(question), chat_template=self.chat_template)
+            ids += encode_plain(tok, prefix)
             requests.append(
                 SampleRequest(tuple(ids), n=self.rollouts, temperature=self.temperature, max_tokens=self.max_tokens)
             )

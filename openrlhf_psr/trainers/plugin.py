@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+STEP_DPO_ATTENTION = "sdpa"  # cli/train_step_dpo.py enforces the same whatever the command says
+
 
 class TrainerPlugin(ABC):
     """Builds the launcher stage that trains M(t) -> M(t+1) on iteration t's pairs."""
@@ -31,7 +33,9 @@ class StepDPOPlugin(TrainerPlugin):
             "--data.dataset", str(it / "search"), "--data.max_len", str(d.max_len),
             "--train.max_epochs", str(d.epochs), "--adam.lr", str(d.lr), "--model.beta", str(d.beta),
             "--train.batch_size", str(d.batch_size), "--train.micro_batch_size", str(d.micro_batch_size),
-            "--train.seed", str(r.seed + t), "--ds.zero_stage", "2", *run._common_ds(),
+            "--train.seed", str(r.seed + t), *run._train_flags("dpo"),
+            # The tree mask needs an attention that reads a 4D mask: sdpa, also on GPU (never flash_attention_2).
+            "--ds.param_dtype", "bf16", "--ds.attn_implementation", STEP_DPO_ATTENTION,
             "--ckpt.output_dir", str(it / "model"), "--ckpt.path", str(it / "dpo" / "ckpt"),
             "--ckpt.save_steps", "10", "--ckpt.load_enable",
             "--logger.logging_steps", "1", "--logger.tensorboard_dir", str(it / "dpo" / "tb"),

@@ -1,5 +1,6 @@
-"""The launcher on the real stack: kill and resume during search and during DPO, third-party judges from a recipe
-(an installed entry point, and ``module:attr``), and ``--dry-run`` checked against the pinned upstream flags."""
+"""The launcher on the real stack: kill -9 and resume during search and during DPO (at pause points, no timers),
+third-party judges from a recipe (an installed entry point, and ``module:attr``), and ``--dry-run`` checked against
+the pinned upstream flags."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from openrlhf_psr.pause import ENV as PAUSE_ENV
 from openrlhf_psr.shards import ShardStore
+from openrlhf_psr.trainers.checkpoints import MARKER
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -36,7 +39,7 @@ def tiny_recipe(tmp_path: Path, tiny_model: str, name: str, judge: str, **over) 
                        "max_model_len": 1024},
         },
         "dpo": {"epochs": 2, "lr": 1e-4, "batch_size": 4, "micro_batch_size": 2, "max_len": 1024},
-        "openrlhf": {"dpo": {"--ckpt.save_steps": 1}},
+        "openrlhf": {"dpo": {"--ckpt.save_steps": 1, "--ckpt.max_num": 1}},
         "resources": {"env": over.pop("env", {})},
     }  # fmt: skip
     recipe.update(over)
@@ -50,22 +53,30 @@ def _run(recipe: Path, runs: Path, timeout=1200) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
-def _kill_when(recipe: Path, runs: Path, ready, timeout=900) -> None:
+def _kill_at(recipe: Path, runs: Path, log: Path, point: str, timeout=900) -> str:
+    """Run the recipe until a stage reports being paused at ``point`` in its ``log`` (``OPENRLHF_PSR_PAUSE_AT``),
+    then kill -9 the run and every stage process it started; returns that stage's log of this attempt."""
     cmd = [sys.executable, "-m", "openrlhf_psr.cli.main", "run", str(recipe), "--runs-dir", str(runs)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + timeout
+    before = log.read_text().count(f"paused at {point}") if log.is_file() else 0
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={**os.environ, PAUSE_ENV: point})  # fmt: skip
+    deadline = time.monotonic() + timeout
     try:
-        while time.time() < deadline:
-            if ready():
-                break
+        while not (log.is_file() and log.read_text().count(f"paused at {point}") > before):
             if proc.poll() is not None:
-                pytest.fail("the run ended before the kill point was reached")
-            time.sleep(0.5)
-        else:
-            pytest.fail("kill point not reached in time")
+                tail = log.read_text()[-3000:] if log.is_file() else "(no log)"
+                pytest.fail(f"the run ended (exit {proc.returncode}) before pausing at {point}:\n{tail}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"the run did not pause at {point} within {timeout}s")
+            time.sleep(0.2)  # polls for a state the stage holds until killed: no race
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the run and every stage process it started
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+    return _last_attempt(log)
+
+
+def _last_attempt(log: Path) -> str:
+    return log.read_text().rsplit("\n$ ", 1)[-1]  # the launcher writes "$ <command>" before every attempt
 
 
 def _check_search(run: Path) -> int:
@@ -94,22 +105,34 @@ def test_a_run_killed_during_search_and_during_dpo_resumes_to_the_end(tiny_model
     recipe = tiny_recipe(tmp_path, tiny_model, "killed", "logit")
     runs = tmp_path / "runs"
     run = runs / "killed"
-    search_log = run / "logs" / "iter_1_search.log"
-    _kill_when(recipe, runs, lambda: search_log.is_file() and "step-wise search" in search_log.read_text())
+    logs = run / "logs"
+    _kill_at(recipe, runs, logs / "iter_1_search.log", "search-commit")  # after the first committed shard
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["stages"]["iter_1/search"]["state"] == "running"
+    assert any((run / "iter_1" / "search" / "trajectories").iterdir())
 
+    # killed after the step-1 checkpoint was marked complete, then inside DeepSpeed's write of step 2 (with
+    # --ckpt.max_num 1 the old rotation had already deleted step 1: DPO could not resume at all)
     ckpt = run / "iter_1" / "dpo" / "ckpt"
-    _kill_when(recipe, runs, lambda: ckpt.is_dir() and any(ckpt.glob("global_step*")))
+    first = _kill_at(recipe, runs, logs / "iter_1_dpo.log", "ckpt-complete:global_step1")
+    assert "Loaded the checkpoint" not in first
     assert json.loads((run / "manifest.json").read_text())["stages"]["iter_1/search"]["state"] == "done"
     n_pairs = _check_search(run)
-    assert n_pairs >= 4
+    assert n_pairs >= 4  # at least one DPO step per epoch, two epochs
+    second = _kill_at(recipe, runs, logs / "iter_1_dpo.log", "ckpt-partial:global_step2")
+    assert "Loaded the checkpoint" in second and "consumed_samples: 4" in second, second[-3000:]
+    assert (ckpt / "global_step1" / MARKER).is_file() and not (ckpt / "global_step2" / MARKER).exists()
+    assert (ckpt / "latest").read_text().strip() == "global_step1"  # DeepSpeed had not moved it yet
 
     proc = _run(recipe, runs)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "iter_1/search: done, skipped" in proc.stdout
-    assert "Loaded the checkpoint" in (run / "logs" / "iter_1_dpo.log").read_text()  # DPO resumed, not restarted
+    last = _last_attempt(logs / "iter_1_dpo.log")
+    assert "Loaded the checkpoint" in last and "consumed_samples: 4" in last, last[-3000:]  # resumed, not restarted
+    assert "reference log-probs" not in last  # the cached reference log-probs were reused
     assert _check_search(run) == n_pairs
+    [kept] = [p.name for p in ckpt.iterdir() if p.is_dir()]  # --ckpt.max_num 1: the last one, whole
+    assert (ckpt / kept / MARKER).is_file() and (ckpt / "latest").read_text() == kept
     manifest = json.loads((run / "manifest.json").read_text())
     assert all(s["state"] == "done" for s in manifest["stages"].values())
     assert (run / "iter_1" / "model" / "config.json").is_file() and (run / "report" / "summary.json").is_file()

@@ -52,11 +52,12 @@ def test_steps_are_tokenised_apart_from_the_prefix_with_eos_only_on_final_steps(
     assert ids[: len(pair.prompt_ids)] == list(pair.prompt_ids)
 
 
-def test_bad_rows_are_counted_and_long_rows_cut_the_prefix_from_the_left(tokenizer, tmp_path):
+def test_bad_rows_are_counted_and_long_rows_keep_the_question_and_the_latest_steps(tokenizer, tmp_path):
     from openrlhf_psr.data.step_pairs import StepPair, StepPairDataset, pairs_from_jsonl
 
     pairs = [
-        StepPair(tuple(range(10, 60)), (1, 2), (3, 4), "long"),
+        StepPair(tuple(range(10, 60)), (1, 2), (3, 4), "long", question_len=5),
+        StepPair(tuple(range(10, 60)), (1, 2), (3, 4), "long-question-unknown"),
         StepPair((5, 6), (7,), (7,), "same"),
         StepPair((5, 6), (), (7,), "empty"),
         StepPair((5, 6), tuple(range(20)), tuple(range(20, 40)), "steps-too-long"),
@@ -64,10 +65,11 @@ def test_bad_rows_are_counted_and_long_rows_cut_the_prefix_from_the_left(tokeniz
     ]
     dataset = StepPairDataset(pairs, max_len=24, pad_token_id=0)
     s = dataset.stats
-    assert (s.rows, s.kept, s.skipped_identical, s.skipped_empty, s.dropped_too_long) == (5, 2, 1, 1, 1)
+    assert (s.rows, s.kept, s.skipped_identical, s.skipped_empty, s.dropped_too_long) == (6, 2, 1, 1, 2)
     assert s.truncated_prefix == 1 and s.truncated_tokens == 50 - 20  # 50 prefix tokens, room for 20
     ids, segments, _ = dataset.items[0]
-    assert ids[:20] == list(range(40, 60)) and ids[20:] == [1, 2, 3, 4]  # the step survives, the prefix's tail too
+    # the question (5 ids) and the newest 15 prefix ids survive, and both steps
+    assert ids[:20] == list(range(10, 15)) + list(range(45, 60)) and ids[20:] == [1, 2, 3, 4]
     rows = [{"prompt": "q", "chosen": "a", "rejected": "b"}, {"prompt": "q", "rejected": "b"}]
     with pytest.raises(KeyError, match=r"p.jsonl:2: missing field 'chosen'"):
         list(pairs_from_jsonl(_write(tmp_path / "p.jsonl", rows), tokenizer))

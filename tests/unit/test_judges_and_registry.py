@@ -12,20 +12,9 @@ from openrlhf_psr.engines.base import Engine, Sample, SampleRequest
 from openrlhf_psr.judges.base import Comparison, JudgeContext, PairwiseJudge, build_judge
 from openrlhf_psr.judges.outcome import OutcomeJudge
 from openrlhf_psr.registry import JUDGES, Registry, RegistryError, load_import_string
+from openrlhf_psr.testing import CharTokenizer
 
 pytestmark = pytest.mark.unit
-
-
-class CharTokenizer:
-    eos_token_id = 0
-    pad_token_id = 0
-    chat_template = None
-
-    def encode(self, text, add_special_tokens=True):
-        return [ord(c) for c in text]
-
-    def decode(self, ids, skip_special_tokens=True):
-        return "".join(chr(i) for i in ids if i)
 
 
 def test_registry_rejects_duplicates_and_suggests_names():

@@ -98,3 +98,38 @@ def test_srlm_prompt_is_additive_five_points_and_asks_for_score() -> None:
 
 def test_doctests() -> None:
     assert doctest.testmod(prompts).failed == 0
+
+
+class _CharTokenizer:
+    """One token per character (id = code point + 10); ``<s>`` (id 1) and ``</s>`` (id 2) are special tokens."""
+
+    chat_template = None
+    bos_token, bos_token_id, eos_token, eos_token_id = "<s>", 1, "</s>", 2
+
+    def __init__(self, adds_bos: bool):
+        self.adds_bos = adds_bos
+
+    def encode(self, text, add_special_tokens=True):
+        ids, k = [], 0
+        while k < len(text):
+            special = next((t for t in ("<s>", "</s>") if text.startswith(t, k)), None)
+            ids.append({"<s>": 1, "</s>": 2}[special] if special else ord(text[k]) + 10)
+            k += len(special) if special else 1
+        return ([1] if add_special_tokens and self.adds_bos else []) + ids
+
+
+@pytest.mark.parametrize("adds_bos", [False, True])
+def test_raw_rendering_ends_at_a_line_start_and_keeps_the_tokenizers_bos(adds_bos) -> None:
+    tok = _CharTokenizer(adds_bos)
+    user = prompts.render_step_prompt("What is 1+1?")
+    text = prompts.render_prompt(tok, user, chat_template=False)
+    assert text == ("<s>" if adds_bos else "") + user + "\n"  # the model writes "Step 1:" at a line start
+    # the ids are the tokenizer's own encoding (BOS included when it adds one), and SFT's: text without specials
+    assert (
+        prompts.prompt_token_ids(tok, user, chat_template=False)
+        == tok.encode(user + "\n")
+        == tok.encode(text, add_special_tokens=False)
+    )
+    assert prompts.prompt_token_ids(tok, user, chat_template=True) == tok.encode(user + "\n")  # no template: raw
+    row = prompts.render_sft_row(tok, user, "Step 1: $\\boxed{2}$", chat_template=False)
+    assert row == {"prompt": text, "response": "Step 1: $\\boxed{2}$</s>"}  # EOS as text: no " " before it

@@ -30,7 +30,7 @@ def test_misspelt_key_names_the_path_and_suggests_the_right_one(tmp_path):
 
 
 def test_wrong_type_names_the_key(tmp_path):
-    with pytest.raises(RecipeError, match=r"r.yaml: dpo.beta: .*number.*\(got 'high'\)"):
+    with pytest.raises(RecipeError, match=r"r.yaml: dpo.beta: expected .*number.*, found 'high'"):
         load_recipe(_write(tmp_path, {**BASE, "dpo": {"beta": "high"}}))
 
 

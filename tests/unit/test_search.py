@@ -12,25 +12,12 @@ from openrlhf_psr.judges.base import Judgment, PairwiseJudge
 from openrlhf_psr.judges.generative import GenerativeJudge
 from openrlhf_psr.search import SearchConfig, StepSearch, trim_step
 from openrlhf_psr.shards import ShardStore
+from openrlhf_psr.testing import CharTokenizer
 from openrlhf_psr.tournament import Verdict
 
 pytestmark = pytest.mark.unit
 
 EOS = 0
-
-
-class CharTokenizer:
-    """One token per character (id = code point), EOS = 0: decoding is exact, so boundaries are easy to check."""
-
-    eos_token_id = EOS
-    pad_token_id = EOS
-    chat_template = None
-
-    def encode(self, text, add_special_tokens=True):
-        return [ord(c) for c in text]
-
-    def decode(self, ids, skip_special_tokens=True):
-        return "".join(chr(i) for i in ids if not (skip_special_tokens and i == EOS))
 
 
 def _sample(text: str, finish: str = "step") -> Sample:
@@ -68,7 +55,7 @@ def good_bad_script(question, n_steps, request):
     """Three candidates per step; the 'good' one is best. Step 3 is final."""
     if n_steps < 2:
         return [
-            _sample(f"Step {n_steps + 1}: good {question}"),
+            _sample(f"Step {n_steps + 1}: good {question}, part {n_steps + 1}"),
             _sample(f"Step {n_steps + 1}: bad"),
             _sample(f"Step {n_steps + 1}: meh"),
         ]
@@ -284,3 +271,72 @@ def test_bad_config_is_rejected():
         SearchConfig(width=1)
     with pytest.raises(ValueError, match="knockout"):
         SearchConfig(tournament="swiss")
+
+
+class LineStartModel(ScriptedEngine):
+    """A base model writing plain text: every step on a fresh line with its own marker, so after a prompt it opens
+    with ``"\\nStep 1:"``. Stop strings are applied as vLLM applies them: anywhere in the output, its first character
+    included (the text before the match is returned; the token ids run through the match)."""
+
+    def __init__(self):
+        super().__init__(None)
+
+    def generate(self, requests):
+        self.calls += 1
+        out = []
+        for r in requests:
+            prompt = self.tokenizer.decode(r.prompt_token_ids)
+            written = prompt.split("Problem: ", 1)[1].count("Step ")
+            if prompt.endswith("Step "):  # resumed right after its own marker
+                text = f"{written}: x{written}" if written < 2 else f"{written}: \\boxed{{5}}."
+            else:
+                k = written + 1
+                text = f"\nStep {k}: x{k}" if k < 2 else f"\nStep {k}: \\boxed{{5}}."
+            text += f"\nStep {written + 2}: more"
+            hits = [(text.find(s), s) for s in r.stop if s in text]
+            at, stop = min(hits)
+            ids = tuple(ord(c) for c in text[: at + len(stop)])
+            out.append([Sample(text[:at], ids, "stop", stop)] * r.n)
+        return out
+
+
+def test_a_raw_model_that_opens_with_a_newline_and_its_marker_gets_its_steps_accepted(tmp_path):
+    engine = LineStartModel()
+    config = SearchConfig(width=2, max_rounds=4, chat_template=False)
+    summary = StepSearch(engine, RankJudge(), config).run(PROBLEMS[:1], tmp_path, progress=False)
+    [t] = ShardStore(tmp_path).read("trajectories")
+    assert [r["action"] for r in t["rounds"]] == ["accept_unanimous", "accept_unanimous"], t["rounds"]
+    texts = [s["text"] for s in t["steps"]]
+    assert "Step 1: x1" in texts[0] and "Step 2: \\boxed{5}." in texts[1] and "Step 2" not in texts[0]
+    assert t["finish"] == "final" and summary["accuracy"] == 1.0
+    for s in t["steps"]:
+        assert CharTokenizer().decode(s["token_ids"]) == s["text"]  # ids and text still agree
+
+
+@pytest.mark.parametrize("tournament", ["round_robin", "knockout"])
+def test_a_margin_below_min_margin_rolls_back_instead_of_crashing(tmp_path, tournament):
+    # good > meh > bad: round robin scores 2/1/0 (margin 2), knockout's champion vs first-round loser margin 2 or 1
+    config = SearchConfig(width=3, max_rounds=3, min_margin=2.5, tournament=tournament)
+    summary = StepSearch(ScriptedEngine(good_bad_script), RankJudge(), config).run(
+        PROBLEMS[:1], tmp_path, progress=False
+    )
+    [t] = ShardStore(tmp_path).read("trajectories")
+    assert [r["action"] for r in t["rounds"]] == ["rollback"] * 3
+    assert [r["rollback_reason"] for r in t["rounds"]] == ["below_margin"] * 3
+    assert t["finish"] == "max_rounds" and not t["steps"] and summary["pairs"] == 0
+    # the same search with a margin it reaches accepts the best step
+    StepSearch(ScriptedEngine(good_bad_script), RankJudge(), SearchConfig(width=3, max_rounds=3, min_margin=1.0,
+               tournament=tournament)).run(PROBLEMS[:1], tmp_path / "ok", progress=False)  # fmt: skip
+    [t] = ShardStore(tmp_path / "ok").read("trajectories")
+    assert t["rounds"][0]["action"] == "accept" and "good" in t["steps"][0]["text"]
+
+
+def test_the_search_command_defaults_to_the_papers_generative_judge():
+    import argparse
+
+    from openrlhf_psr.cli.search import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--out", "x"])
+    assert args.judge == "generative" and args.aggregate == "verdict"

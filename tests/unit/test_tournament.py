@@ -209,7 +209,8 @@ def test_round_robin_abstentions() -> None:
 def test_round_robin_min_margin() -> None:
     assert run_tournament(CANDIDATES, quality_judge(QUALITY), min_margin=5.0).best == 1
     r = run_tournament(CANDIDATES, quality_judge(QUALITY), min_margin=5.5)
-    assert (r.best, r.worst, r.is_tie, r.margin) == (None, None, False, 0.0)
+    # best=None is a rollback, never an index: not a tie, but a preference (margin 5) weaker than asked for
+    assert (r.best, r.worst, r.is_tie, r.below_margin, r.rollback, r.margin) == (None, None, False, True, True, 5.0)
 
 
 def test_duplicates_are_judged_once() -> None:
@@ -268,7 +269,22 @@ def test_knockout_always_a_judge_is_a_tie() -> None:
 
 def test_knockout_min_margin() -> None:
     r = run_tournament(CANDIDATES, quality_judge(QUALITY), method="knockout", min_margin=100.0)
-    assert r.best is None and not r.is_tie
+    assert r.best is None and r.rollback and r.below_margin and not r.is_tie and r.margin == 3.0
+
+
+@pytest.mark.parametrize("method", ["round_robin", "knockout"])
+def test_every_result_is_exactly_one_of_accept_tie_or_below_margin(method) -> None:
+    rng = random.Random(3)
+    for _ in range(200):
+        w = rng.randrange(0, 7)
+        candidates = [f"c{k}" for k in range(w)]
+
+        def judge(pairs):
+            return [Verdict(rng.choice(["A", "B", None])) for _ in pairs]
+
+        r = run_tournament(candidates, judge, method=method, min_margin=rng.choice([0.0, 1.0, 2.5]))
+        assert [r.best is not None, r.is_tie, r.below_margin].count(True) == 1
+        assert r.rollback == (r.best is None) and (r.best is None) == (r.worst is None)
 
 
 def test_knockout_draw_goes_to_more_wins_then_lower_index() -> None:

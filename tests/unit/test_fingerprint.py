@@ -1,0 +1,189 @@
+"""Stage fingerprints (issue 10, point 5): a rerun reruns a stage whose inputs or command changed, and the stages
+that build on it, says why, and removes the stale outputs; unchanged stages are skipped. Fake stages are small
+``python -c`` processes, so this runs the real launcher loop without the training stack."""
+
+from __future__ import annotations
+
+import doctest
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from openrlhf_psr import fingerprint
+from openrlhf_psr.launcher import RecipeRun, Stage
+from openrlhf_psr.recipe import load_recipe
+
+pytestmark = pytest.mark.unit
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+
+# argv: NAME --out OUT INPUT...: OUT/result.txt = NAME + every input's text; appends NAME to $CALLS
+STAGE_CODE = """
+import os, pathlib, sys
+name, _, out, *inputs = sys.argv[1:]
+text = name
+for i in map(pathlib.Path, inputs):
+    for f in sorted(i.rglob("*") if i.is_dir() else [i]):
+        if f.is_file():
+            text += "|" + f.read_text()
+out = pathlib.Path(out)
+out.mkdir(parents=True, exist_ok=True)
+(out / "result.txt").write_text(text)
+with open(os.environ["CALLS"], "a") as log:
+    log.write(name + "\\n")
+"""
+
+
+class FakeRun(RecipeRun):
+    """data -> train -> eval (feeds nothing) -> search (reads the trained model) -> report (reads everything)."""
+
+    def __init__(self, tmp: Path, eval_setting: str = "a", train_setting: str = "lr=1"):
+        super().__init__(load_recipe(RECIPES / "tiny_cpu.yaml"), runs_dir=tmp / "runs")
+        self.tmp, self.eval_setting, self.train_setting = tmp, eval_setting, train_setting
+
+    def plan(self) -> list[Stage]:
+        root, env = self.root, {"CALLS": str(self.tmp / "calls.log")}
+
+        def stage(name, out, *inputs, **kw):
+            cmd = [self.python, "-c", STAGE_CODE, name, "--out", str(root / out), *map(str, inputs)]
+            return Stage(name, cmd, root / out / "result.txt", env=env, log=root / "logs" / f"{name}.log", **kw)
+
+        return [
+            stage("data", "data", self.tmp / "source.txt"),
+            stage("train", "model", root / "data", self.train_setting),
+            stage("eval", "eval", root / "model", self.eval_setting, feeds_later=False),
+            stage("search", "search", root / "model"),
+            stage("report", "report", reads_all=True),
+        ]
+
+
+def _calls(tmp: Path) -> list[str]:
+    path = tmp / "calls.log"
+    calls = path.read_text().split() if path.exists() else []
+    path.unlink(missing_ok=True)
+    return calls
+
+
+def _run(run: RecipeRun) -> list[str]:
+    lines: list[str] = []
+    run.run(progress=lines.append)
+    return lines
+
+
+def test_doctests():
+    assert doctest.testmod(fingerprint).failed == 0
+
+
+def test_unchanged_stages_are_skipped_and_a_copy_with_new_mtimes_changes_nothing(tmp_path):
+    (tmp_path / "source.txt").write_text("v1")
+    run = FakeRun(tmp_path)
+    _run(run)
+    assert _calls(tmp_path) == ["data", "train", "eval", "search", "report"]
+    manifest = json.loads(run.manifest_path.read_text())
+    assert manifest["stages"]["train"]["fingerprint"]["inputs"] == {"<run>/data": fingerprint.ContentHasher().path(
+        run.root / "data")}  # fmt: skip
+    lines = _run(run)
+    assert _calls(tmp_path) == [] and all("done, skipped" in line for line in lines)
+    os.utime(tmp_path / "source.txt", ns=(10**18, 10**18))  # same content, new mtime: nothing to redo
+    assert _run(run) and _calls(tmp_path) == []
+
+
+def test_a_changed_input_reruns_its_stage_and_every_later_stage_and_says_so(tmp_path):
+    (tmp_path / "source.txt").write_text("v1")
+    run = FakeRun(tmp_path)
+    _run(run)
+    _calls(tmp_path)
+    (run.root / "search" / "stale-shard.jsonl").write_text("{}")  # what a resumed search would wrongly reuse
+    (tmp_path / "source.txt").write_text("v2")
+    assert dict(run.status())["data"].startswith("done (will rerun: changed since it ran: input ")
+    lines = _run(run)
+    assert _calls(tmp_path) == ["data", "train", "eval", "search", "report"]
+    text = "\n".join(lines)
+    assert f"data: rerunning from scratch: changed since it ran: input {tmp_path / 'source.txt'}" in text
+    assert "train: rerunning from scratch: changed since it ran: input <run>/data" in text
+    for name in ("eval", "search", "report"):  # rerun because of the change upstream (whichever reason is given)
+        assert f"{name}: rerunning from scratch: " in text
+    assert not (run.root / "search" / "stale-shard.jsonl").exists()
+    assert (run.root / "search" / "result.txt").read_text() == "search|train|data|v2"
+
+
+def test_a_model_retrained_in_place_reruns_the_stages_that_read_it(tmp_path):
+    (tmp_path / "source.txt").write_text("v1")
+    run = FakeRun(tmp_path)
+    _run(run)
+    _calls(tmp_path)
+    (run.root / "model" / "result.txt").write_text("retrained weights")  # same path, new weights
+    lines = _run(run)
+    assert _calls(tmp_path) == ["eval", "search", "report"]  # data and train are unchanged
+    assert any("search: rerunning from scratch: changed since it ran: input <run>/model" in x for x in lines)
+    assert (run.root / "search" / "result.txt").read_text() == "search|retrained weights"
+
+
+def test_a_changed_command_reruns_the_stage_and_an_evaluation_reruns_nothing_else(tmp_path):
+    (tmp_path / "source.txt").write_text("v1")
+    _run(FakeRun(tmp_path))
+    _calls(tmp_path)
+    lines = _run(FakeRun(tmp_path, eval_setting="b"))
+    assert _calls(tmp_path) == ["eval", "report"]  # the report reads the evaluation; the search does not
+    assert any("eval: rerunning from scratch: changed since it ran: its command or settings" in x for x in lines)
+
+
+def test_a_rerun_stage_reruns_later_stages_even_when_its_output_looks_the_same(tmp_path):
+    (tmp_path / "source.txt").write_text("v1")
+    _run(FakeRun(tmp_path))
+    _calls(tmp_path)
+    lines = _run(FakeRun(tmp_path, train_setting="lr=2"))  # the fake trainer ignores it: same output bytes
+    assert _calls(tmp_path) == ["train", "eval", "search", "report"]
+    text = "\n".join(lines)
+    assert "train: rerunning from scratch: changed since it ran: its command or settings" in text
+    assert "search: rerunning from scratch: an earlier stage it builds on (train) reran" in text
+
+
+def test_an_interrupted_stage_with_unchanged_inputs_resumes_without_losing_its_work(tmp_path):
+    (tmp_path / "source.txt").write_text("v1")
+    run = FakeRun(tmp_path)
+    _run(run)
+    _calls(tmp_path)
+    manifest = json.loads(run.manifest_path.read_text())
+    manifest["stages"]["search"]["state"] = "running"  # killed mid-stage
+    run.save_manifest(manifest)
+    (run.root / "search" / "shard-00000.jsonl").write_text("{}")
+    lines = _run(run)
+    assert _calls(tmp_path) == ["search", "report"]
+    assert any("search: resuming" in x for x in lines) and (run.root / "search" / "shard-00000.jsonl").exists()
+
+
+def test_an_old_manifest_without_fingerprints_is_adopted_not_rerun(tmp_path):
+    (tmp_path / "source.txt").write_text("v1")
+    run = FakeRun(tmp_path)
+    _run(run)
+    _calls(tmp_path)
+    manifest = json.loads(run.manifest_path.read_text())
+    for record in manifest["stages"].values():
+        del record["fingerprint"]
+    run.save_manifest(manifest)
+    _run(run)
+    assert _calls(tmp_path) == []
+    assert all("fingerprint" in r for r in json.loads(run.manifest_path.read_text())["stages"].values())
+
+
+def test_outputs_are_removed_only_inside_the_run_folder(tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    run = FakeRun(tmp_path)
+    stage = Stage("x", [sys.executable, "--out", str(outside), "--ckpt.path", str(run.root / "ckpt")],
+                  run.root / "x.json")  # fmt: skip
+    (run.root / "ckpt").mkdir(parents=True)
+    assert run._clear_outputs(stage) == [str(run.root / "ckpt")] and outside.is_dir()
+
+
+def test_reference_cache_key_follows_the_weights_not_the_path(tmp_path):
+    model = tmp_path / "ref"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"old")
+    before = fingerprint.model_fingerprint(str(model))
+    (model / "model.safetensors").write_bytes(b"new weights")
+    assert fingerprint.model_fingerprint(str(model)) != before
+    assert fingerprint.model_fingerprint("default").startswith("embedded:")

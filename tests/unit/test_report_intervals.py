@@ -1,0 +1,54 @@
+"""Every accuracy the report compares comes with its Wilson 95% interval and its n (issue 13): in the tables, in
+summary.json and as error bars in the plot."""
+
+from __future__ import annotations
+
+import doctest
+import json
+from pathlib import Path
+
+import pytest
+
+from openrlhf_psr.cli.report import build_report
+from openrlhf_psr.eval import stats
+from openrlhf_psr.eval.stats import wilson_interval
+
+pytestmark = pytest.mark.unit
+
+
+def _eval(correct: int, n: int, judge_accuracy: float, pairs: int) -> dict:
+    records = [{"correct": k < correct} for k in range(n)] + [{"correct": None}]  # one problem without gold
+    metrics = {"accuracy": correct / n, "boxed_rate": 1.0, "step_marker_rate": 1.0, "mean_steps": 3.0,
+               "mean_step_tokens": 20.0, "n": n + 1}  # fmt: skip
+    judge = {"pairs": pairs, "accuracy": judge_accuracy, "consistency": 0.5, "abstention_rate": 0.0,
+             "prob_accuracy": judge_accuracy, "always_a_rate": 0.5}  # fmt: skip
+    return {"benchmarks": {"arith": {"metrics": metrics, "records": records}}, "judges": {"logit/builtin": judge}}
+
+
+def _write(path: Path, result: dict) -> None:
+    path.mkdir(parents=True)
+    (path / "eval.json").write_text(json.dumps(result))
+
+
+def test_the_report_gives_each_accuracy_its_interval_and_n(tmp_path):
+    run = tmp_path / "runs" / "demo"
+    _write(run / "m0" / "eval", _eval(0, 200, 0.5, 200))
+    _write(run / "sft" / "eval", _eval(13, 200, 0.8, 200))
+    summary = build_report(run)
+    m1 = summary["models"]["M1"]
+    assert m1["accuracy_ci95"]["arith"]["n"] == 200  # the problem without a gold answer is not counted
+    assert m1["accuracy_ci95"]["arith"]["ci95"] == pytest.approx(list(wilson_interval(13, 200)))
+    assert summary["models"]["M0"]["accuracy_ci95"]["arith"]["ci95"][0] == 0.0
+    assert m1["judge_accuracy_ci95"]["logit/builtin"]["ci95"] == pytest.approx(list(wilson_interval(160, 200)))
+    md = (run / "report" / "summary.md").read_text()
+    assert "| M1 | 6.5 [3.8, 10.8] (200) |" in md
+    assert "80.0 [73.9, 85.0] (200)" in md  # M1's judge accuracy with its interval
+    assert (run / "report" / "accuracy_and_steps.png").stat().st_size > 0
+    saved = json.loads((run / "report" / "summary.json").read_text())
+    assert saved["models"]["M1"]["accuracy_ci95"]["arith"]["n"] == 200
+
+
+def test_wilson_interval_rejects_impossible_counts_and_doctests():
+    with pytest.raises(ValueError, match="within"):
+        wilson_interval(5, 4)
+    assert doctest.testmod(stats).failed == 0
