@@ -27,7 +27,7 @@ def main() -> None:
     logging.getLogger("math_verify").setLevel(logging.ERROR)
 
     from openrlhf_psr import grading
-    from openrlhf_psr.eval.graders import qwen_equal
+    from openrlhf_psr.grading.graders import qwen_equal
 
     if (SHARED / "math500" / "test.jsonl").exists():
         from openrlhf_psr.eval.benchmarks import load_benchmark

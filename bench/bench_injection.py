@@ -130,7 +130,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from openrlhf_psr.eval.builtin_judge import builtin_judge_pairs
-    from openrlhf_psr.models import resolve_model
+    from openrlhf_psr.model_cache import resolve_model
 
     pairs = builtin_judge_pairs(args.pairs, seed=args.seed)
     model = resolve_model(args.model)

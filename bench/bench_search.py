@@ -83,10 +83,10 @@ def main() -> None:
     from openrlhf_psr.data.problems import load_problems
     from openrlhf_psr.engines.base import CountingEngine, SampleRequest
     from openrlhf_psr.engines.vllm_local import VLLMLocalEngine
+    from openrlhf_psr.io import ShardStore
     from openrlhf_psr.judges.generative import GenerativeJudge
     from openrlhf_psr.prompts import prompt_token_ids, render_step_prompt
     from openrlhf_psr.search import SearchConfig, StepSearch
-    from openrlhf_psr.shards import ShardStore
     from openrlhf_psr.steps import step_stop_strings
 
     gsm8k = Path(__file__).resolve().parents[2] / "shared" / "data" / "train" / "gsm8k_train.jsonl"

@@ -100,7 +100,7 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from openrlhf_psr.models import resolve_model
+    from openrlhf_psr.model_cache import resolve_model
     from openrlhf_psr.preflight import cpu_distributed_env
     from openrlhf_psr.prompts import render_step_prompt
 

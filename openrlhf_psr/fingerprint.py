@@ -71,7 +71,7 @@ def model_fingerprint(name_or_path: str) -> str:
     path = Path(name_or_path)
     if path.exists():
         return "stat:" + stat_fingerprint(path)
-    from openrlhf_psr.models import EMBEDDED
+    from openrlhf_psr.model_cache import EMBEDDED
 
     if name_or_path in EMBEDDED:
         return f"embedded:{EMBEDDED[name_or_path]!r}"
@@ -113,7 +113,7 @@ class ContentHasher:
     def save(self) -> None:
         if self.cache_path is None:
             return
-        from openrlhf_psr.shards import atomic_write_text
+        from openrlhf_psr.io import atomic_write_text
 
         atomic_write_text(self.cache_path, json.dumps(self.cache))
 

@@ -222,7 +222,7 @@ class RecipeRun:
         return cls(recipe, runs_dir=Path(folder).parent)
 
     def save_manifest(self, manifest: dict) -> None:
-        from openrlhf_psr.shards import atomic_write_text
+        from openrlhf_psr.io import atomic_write_text
 
         atomic_write_text(self.manifest_path, json.dumps(manifest, indent=2))
 
@@ -461,7 +461,7 @@ def _save_quietly(hasher) -> None:
 
 def _resolve_model_flags(command: list[str]) -> list[str]:
     """Upstream CLIs do not know embedded model names (``default``): give them the converted folder."""
-    from openrlhf_psr.models import EMBEDDED, resolve_model
+    from openrlhf_psr.model_cache import EMBEDDED, resolve_model
 
     out = list(command)
     for k in range(1, len(out)):

@@ -188,7 +188,7 @@ def _sft_sources(recipe, problems: list[str], notes: list[str]) -> None:
     if not recipe.stages.sft.enabled:
         return
     from openrlhf_psr.cli.sft_data import _split, build
-    from openrlhf_psr.shards import read_jsonl
+    from openrlhf_psr.io import read_jsonl
 
     for field, specs in (("ift", recipe.data.ift), ("eft", recipe.data.eft)):
         for k, spec in enumerate(specs):

@@ -9,7 +9,7 @@ All active problems advance together, one step per round:
 4. a problem ends when its accepted step is final (``\\boxed{}`` or EOS), or after ``max_rounds`` rounds.
 
 Finished problems are committed after every round as one atomic shard of pairs and trajectories
-(:class:`~openrlhf_psr.shards.ShardStore`); a rerun skips every committed problem, so a killed run loses at most
+(:class:`~openrlhf_psr.io.ShardStore`); a rerun skips every committed problem, so a killed run loses at most
 the rounds of problems still in flight and never duplicates a pair.
 
 Token handling: a step is its token ids exactly as generated. A step that ended because the next step's marker
@@ -30,11 +30,11 @@ from pathlib import Path
 
 from openrlhf_psr.data.problems import Problem
 from openrlhf_psr.engines.base import Engine, Sample, SampleRequest
+from openrlhf_psr.io import ShardStore
 from openrlhf_psr.judges.base import Comparison, Judgment, PairwiseJudge
 from openrlhf_psr.judges.guard import candidate_flags, control_strings, special_token_ids
 from openrlhf_psr.pause import pause_at
 from openrlhf_psr.prompts import prompt_token_ids, render_step_prompt
-from openrlhf_psr.shards import ShardStore
 from openrlhf_psr.steps import (
     FinishReason,
     classify_finish,

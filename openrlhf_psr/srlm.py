@@ -16,9 +16,9 @@ from pathlib import Path
 
 from openrlhf_psr.data.problems import Problem
 from openrlhf_psr.engines.base import Engine, SampleRequest
+from openrlhf_psr.io import ShardStore
 from openrlhf_psr.judges.guard import guarded_prompt_ids
 from openrlhf_psr.prompts import prompt_token_ids, render_srlm_prompt, render_step_prompt
-from openrlhf_psr.shards import ShardStore
 from openrlhf_psr.steps import extract_boxed
 
 # After the last "Score:": optional bold, one digit 0..5 (optionally "/5"), and then no further digit, decimal part

@@ -30,14 +30,14 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def default_model() -> str:
-    from openrlhf_psr.models import DEFAULT_MODEL, resolve_model
+    from openrlhf_psr.model_cache import DEFAULT_MODEL, resolve_model
 
     return resolve_model(DEFAULT_MODEL)
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
-    from openrlhf_psr.models import build_tiny_model
+    from openrlhf_psr.model_cache import build_tiny_model
 
     return str(build_tiny_model(tmp_path_factory.mktemp("tiny") / "model"))
 

@@ -12,7 +12,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from openrlhf_psr import preflight
     from openrlhf_psr.compat.__main__ import main as compat_main
-    from openrlhf_psr.models import DEFAULT_MODEL, resolve_model
+    from openrlhf_psr.model_cache import DEFAULT_MODEL, resolve_model
 
     preflight.check_torch_build()
     compat_main(["status"])

@@ -147,8 +147,8 @@ def run(args: argparse.Namespace) -> int:
     from openrlhf_psr.eval.generate import greedy_solutions, score_solutions
     from openrlhf_psr.eval.judge_accuracy import judge_accuracy
     from openrlhf_psr.eval.parts import EvalParts
+    from openrlhf_psr.io import atomic_write_text
     from openrlhf_psr.judges.base import JudgeContext, build_judge
-    from openrlhf_psr.shards import atomic_write_text
 
     benchmarks = [load_eval_problems(s, args.data_root, args.seed) for s in args.benchmark]  # fail before the engine
     judge_sets = [load_judge_pairs(s, args.seed) for s in args.judge_set]

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
     compat_main(["install-pth"])
     if not args.skip_model:
-        from openrlhf_psr.models import DEFAULT_MODEL, resolve_model
+        from openrlhf_psr.model_cache import DEFAULT_MODEL, resolve_model
 
         start = _step("default model")
         path = resolve_model(DEFAULT_MODEL)

@@ -51,7 +51,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 def _read_eval(path: Path) -> dict:
     """An ``eval.json``; one that is not what the evaluation writes is a one-line error naming it."""
     from openrlhf_psr.errors import DataError
-    from openrlhf_psr.shards import read_json
+    from openrlhf_psr.io import read_json
 
     result = read_json(path, "an evaluation result (eval.json)")
     for key in ("benchmarks", "judges"):
@@ -78,7 +78,7 @@ def _with_interval(accuracy: float | None, n: int) -> dict:
 
 def build_report(run: Path) -> dict:
     from openrlhf_psr.errors import DataError
-    from openrlhf_psr.shards import read_json
+    from openrlhf_psr.io import read_json
 
     if not run.is_dir():
         raise DataError(f"{run}: expected a run folder (runs/<name>), found {'a file' if run.exists() else 'nothing'}")
@@ -164,7 +164,7 @@ def build_report(run: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.md").write_text("\n".join(md) + "\n")
     _plots(summary, benchmarks, out)
-    from openrlhf_psr.shards import atomic_write_text
+    from openrlhf_psr.io import atomic_write_text
 
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     return summary

@@ -162,7 +162,7 @@ def search(args: argparse.Namespace) -> dict:
                   file=sys.stderr)  # fmt: skip
     engine = build_engine(args)
     if args.method == "srlm":
-        from openrlhf_psr.shards import ShardStore
+        from openrlhf_psr.io import ShardStore
         from openrlhf_psr.srlm import SRLMConfig, srlm_pairs
 
         srlm = SRLMConfig(n=config.width, score_samples=args.srlm_score_samples, temperature=config.temperature,

@@ -30,7 +30,7 @@ def _split(spec: str) -> tuple[str, str | None, int | None]:
 def build(ift: list[str], eft: list[str], seed: int = 0) -> list[dict]:
     from openrlhf_psr.data import sft
     from openrlhf_psr.errors import DataError
-    from openrlhf_psr.shards import read_jsonl
+    from openrlhf_psr.io import read_jsonl
 
     records: list[dict] = []
     for spec in ift:
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
     from openrlhf_psr.data.sft import render_records, write_jsonl
-    from openrlhf_psr.models import resolve_model
+    from openrlhf_psr.model_cache import resolve_model
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(args.model))
     records = render_records(built, tokenizer, chat_template=args.chat_template)

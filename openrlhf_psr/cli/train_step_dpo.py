@@ -122,7 +122,7 @@ def parse_args(argv=None):
 
 
 def _resolve(args) -> None:
-    from openrlhf_psr.models import resolve_model
+    from openrlhf_psr.model_cache import resolve_model
 
     args.model.model_name_or_path = resolve_model(args.model.model_name_or_path)
     args.ref.model_name_or_path = resolve_model(args.ref.model_name_or_path)

@@ -100,12 +100,12 @@ def _rows(source: str, split: str) -> Iterable[tuple[str, int, dict]]:
     if path is not None:
         check_local_file(source, path)
         if path.suffix == ".parquet":
-            from openrlhf_psr.shards import read_parquet_rows
+            from openrlhf_psr.io import read_parquet_rows
 
             for number, row in enumerate(read_parquet_rows(path), 1):
                 yield str(path), number, row
             return
-        from openrlhf_psr.shards import read_jsonl
+        from openrlhf_psr.io import read_jsonl
 
         for number, row in enumerate(read_jsonl(path), 1):
             yield str(path), number, row

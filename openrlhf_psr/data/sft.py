@@ -251,7 +251,7 @@ def srlm_source(kind: str, path: str | None, limit: int | None, seed: int = 0) -
         made = (make_problem(seed + 104729, i) for i in range(limit or 64))  # problems unlike the IFT ones
         return srlm_scoring_eft([(p.question, p.steps) for p in made], seed)
     if kind == "srlm-gsm8k":
-        from openrlhf_psr.shards import read_jsonl
+        from openrlhf_psr.io import read_jsonl
 
         items, unreadable = [], []
         for line, row in enumerate(read_jsonl(Path(path)), 1):
@@ -307,7 +307,7 @@ def render_records(records: Iterable[dict], tokenizer, *, chat_template: bool) -
 
 
 def write_jsonl(records: Iterable[dict], path: str | Path) -> int:
-    from openrlhf_psr.shards import atomic_write_text
+    from openrlhf_psr.io import atomic_write_text
 
     records = list(records)
     atomic_write_text(Path(path), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))

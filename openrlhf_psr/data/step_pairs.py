@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from openrlhf_psr.errors import DataError, MissingField
+from openrlhf_psr.io import ShardStore, read_jsonl
 from openrlhf_psr.prompts import prompt_token_ids, render_step_prompt
-from openrlhf_psr.shards import ShardStore, read_jsonl
 from openrlhf_psr.steps import extract_boxed
 
 

@@ -36,7 +36,7 @@ class OpenAIHTTPEngine(Engine):
         if tokenizer is None:
             from transformers import AutoTokenizer
 
-            from openrlhf_psr.models import resolve_model
+            from openrlhf_psr.model_cache import resolve_model
 
             tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))
         self.tokenizer = tokenizer

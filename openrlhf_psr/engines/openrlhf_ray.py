@@ -11,7 +11,7 @@ import os
 import zlib
 
 from openrlhf_psr.engines.base import Engine, from_vllm_output, to_vllm_params
-from openrlhf_psr.models import resolve_model
+from openrlhf_psr.model_cache import resolve_model
 
 # Environment that must reach Ray workers (the engine actors and the processes they spawn).
 _FORWARDED_ENV = ("VLLM_CPU_KVCACHE_SPACE", "OPENRLHF_PSR_CACHE", "OPENRLHF_PSR_COMPAT", "HF_HUB_OFFLINE")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from openrlhf_psr.engines.base import Engine, from_vllm_output, to_vllm_params
-from openrlhf_psr.models import resolve_model
+from openrlhf_psr.model_cache import resolve_model
 
 
 def create_llm(

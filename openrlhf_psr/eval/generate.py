@@ -77,7 +77,7 @@ def score_solutions(
     answers = [extract_boxed(t) for t in texts]
     golds = [p.answer for p in problems]
     if grader is None:
-        from openrlhf_psr.eval.graders import GRADERS, TIME_LIMIT_S, grade_all
+        from openrlhf_psr.grading.graders import GRADERS, TIME_LIMIT_S, grade_all
 
         if headline not in GRADERS:
             raise ValueError(f"headline grader {headline!r}: expected one of {', '.join(GRADERS)}")

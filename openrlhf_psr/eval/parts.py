@@ -65,7 +65,7 @@ class EvalParts:
         return record.get("result")
 
     def put(self, part: str, inputs, result: dict) -> None:
-        from openrlhf_psr.shards import atomic_write_text
+        from openrlhf_psr.io import atomic_write_text
 
         record = {"version": 1, "part": part, "key": self._key(part, inputs), "result": result}
         atomic_write_text(self._path(part), json.dumps(record))

@@ -7,15 +7,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from openrlhf_psr.data.problems import Problem
+from openrlhf_psr.io import ShardStore
 from openrlhf_psr.search import SearchConfig, StepSearch
-from openrlhf_psr.shards import ShardStore
 
 
 def run_test_time_scaling(
     engine, judge, problems: Sequence[Problem], out_dir: str | Path, config: SearchConfig
 ) -> dict:
     """Run (or resume) the search on evaluation problems; return metrics comparable to greedy's."""
-    from openrlhf_psr.eval.graders import grade_all
+    from openrlhf_psr.grading.graders import grade_all
 
     StepSearch(engine, judge, config).run(problems, out_dir, progress=True)
     by_id = {t["problem_id"]: t for t in ShardStore(out_dir).read("trajectories")}

@@ -48,7 +48,7 @@ class LogitJudge(PairwiseJudge):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from openrlhf_psr.models import resolve_model
+        from openrlhf_psr.model_cache import resolve_model
 
         if isinstance(model, str):
             path = resolve_model(model)

@@ -46,7 +46,7 @@ def _step(tag: str) -> int:
 
 def mark_complete(ckpt_dir: str | Path, tag: str, client_state: dict | None = None) -> None:
     """Declare ``tag`` whole (call on rank 0 after DeepSpeed's save returned everywhere)."""
-    from openrlhf_psr.shards import atomic_write_text
+    from openrlhf_psr.io import atomic_write_text
 
     record = {"version": 1, "tag": tag, "client_state": client_state or {}}
     atomic_write_text(Path(ckpt_dir) / tag / MARKER, json.dumps(record, sort_keys=True))
@@ -91,7 +91,7 @@ def prepare_resume(ckpt_dir: str | Path) -> tuple[str | None, list[str]]:
     >>> prepare_resume(root), (root / "latest").read_text()
     (('global_step1', ['global_step2']), 'global_step1')
     """
-    from openrlhf_psr.shards import atomic_write_text
+    from openrlhf_psr.io import atomic_write_text
 
     root = Path(ckpt_dir)
     complete, incomplete = checkpoint_tags(root)

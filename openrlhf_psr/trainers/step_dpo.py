@@ -169,6 +169,6 @@ def cached_reference_logps(path: Path, fingerprint: str):
 
 
 def save_reference_logps(path: Path, fingerprint: str, logps) -> None:
-    from openrlhf_psr.shards import atomic_write_text
+    from openrlhf_psr.io import atomic_write_text
 
     atomic_write_text(path, json.dumps({"fingerprint": fingerprint, "logps": logps}))

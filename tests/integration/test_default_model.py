@@ -11,7 +11,7 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
-RESOLVE = "from openrlhf_psr.models import resolve_model; print(resolve_model('default'))"
+RESOLVE = "from openrlhf_psr.model_cache import resolve_model; print(resolve_model('default'))"
 
 
 def test_two_processes_converting_at_once_produce_one_valid_folder(tmp_path):

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from openrlhf_psr.io import ShardStore
 from openrlhf_psr.pause import ENV as PAUSE_ENV
-from openrlhf_psr.shards import ShardStore
 from openrlhf_psr.trainers.checkpoints import MARKER
 
 pytestmark = pytest.mark.integration

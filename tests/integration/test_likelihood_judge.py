@@ -32,7 +32,7 @@ def test_continuation_logprobs_match_a_teacher_forced_forward_with_and_without_t
     from transformers import AutoModelForCausalLM
 
     from openrlhf_psr.engines.base import SampleRequest
-    from openrlhf_psr.models import resolve_model
+    from openrlhf_psr.model_cache import resolve_model
     from openrlhf_psr.prompts import prompt_token_ids, render_step_prompt
 
     tok = engine.tokenizer

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from openrlhf_psr.shards import ShardStore
+from openrlhf_psr.io import ShardStore
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -29,7 +29,7 @@ RECIPE = REPO / "recipes" / "psr_qwen2.5_math_7b.yaml"
 def test_the_7b_recipe_scaled_down_runs_sft_search_dpo_eval_and_report(shared_data, tmp_path):
     import yaml
 
-    from openrlhf_psr.models import resolve_model
+    from openrlhf_psr.model_cache import resolve_model
 
     recipe = yaml.safe_load(RECIPE.read_text())
     assert recipe["psr"]["chat_template"] is False and recipe["psr"]["judge"]["name"] == "generative"

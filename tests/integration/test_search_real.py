@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from openrlhf_psr.data.problems import load_problems
+from openrlhf_psr.io import ShardStore
 from openrlhf_psr.search import SearchConfig, StepSearch
-from openrlhf_psr.shards import ShardStore
 
 pytestmark = pytest.mark.integration
 

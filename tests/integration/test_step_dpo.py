@@ -182,7 +182,7 @@ def test_step_dpo_on_the_default_model_learns_resumes_and_serves(tmp_path):
 
 
 def test_pairs_from_another_tokenizer_are_refused(tmp_path):
-    from openrlhf_psr.shards import ShardStore
+    from openrlhf_psr.io import ShardStore
 
     ShardStore(tmp_path / "search").commit(
         {
@@ -224,7 +224,7 @@ def test_sft_on_ift_and_eft_data_through_upstream_train_sft_lowers_the_loss(tmp_
         "--logger.tensorboard_dir", str(tmp_path / "tb"),
     ]  # fmt: skip
     # the launcher resolves "default"; here the CLI is upstream's own, so resolve it first
-    from openrlhf_psr.models import resolve_model
+    from openrlhf_psr.model_cache import resolve_model
 
     cmd[cmd.index("default")] = resolve_model("default")
     proc = subprocess.run(cmd, env=cpu_distributed_env(), capture_output=True, text=True, timeout=1200)

@@ -10,10 +10,10 @@ import pytest
 
 from openrlhf_psr.data.problems import Problem
 from openrlhf_psr.engines.base import Engine, Sample
+from openrlhf_psr.io import ShardStore
 from openrlhf_psr.judges.base import Judgment, PairwiseJudge
 from openrlhf_psr.judges.guard import candidate_flags, control_strings, encode_plain, special_token_ids
 from openrlhf_psr.search import SearchConfig, StepSearch, summarize
-from openrlhf_psr.shards import ShardStore
 from openrlhf_psr.tournament import Verdict
 
 pytestmark = pytest.mark.unit

@@ -97,7 +97,7 @@ def test_null_step_pair_field_is_an_error_naming_file_and_line(tmp_path):
 
 def test_over_long_search_pair_keeps_the_question_and_the_latest_steps(tmp_path):
     from openrlhf_psr.data.step_pairs import StepPairDataset, load_step_pairs
-    from openrlhf_psr.shards import ShardStore
+    from openrlhf_psr.io import ShardStore
 
     question = [1, 2, 3]
     pair = {"problem_id": "p", "step_index": 2, "prompt_ids": question + [10, 11, 12, 13], "prefix_steps": ["a", "b"],

@@ -91,7 +91,7 @@ def test_problem_rows_missing_a_field_name_file_and_line(tmp_path):
 
 def test_step_pairs_from_a_search_directory_keep_ids_exactly(tmp_path):
     from openrlhf_psr.data.step_pairs import StepPairDataset, load_step_pairs
-    from openrlhf_psr.shards import ShardStore
+    from openrlhf_psr.io import ShardStore
 
     pair = {"problem_id": "p", "step_index": 1, "prompt_ids": [5, 6, 7], "chosen_ids": [8, 9], "rejected_ids": [10]}
     ShardStore(tmp_path).commit({"pairs": [pair], "trajectories": [{"problem_id": "p"}]})

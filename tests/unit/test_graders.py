@@ -17,9 +17,8 @@ import time
 import pytest
 
 from openrlhf_psr import grading
-from openrlhf_psr.eval import graders
-from openrlhf_psr.eval.graders import grade, grade_all, qwen_equal
-from openrlhf_psr.grading import grade_answer, grade_pairs, is_correct
+from openrlhf_psr.grading import grade_answer, grade_pairs, graders, is_correct
+from openrlhf_psr.grading.graders import grade, grade_all, qwen_equal
 
 pytestmark = pytest.mark.unit
 

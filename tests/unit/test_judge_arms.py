@@ -195,8 +195,8 @@ class BuiltinCandidates(Engine):
 
 
 def test_a_search_judged_by_the_oracle_writes_pairs_whose_chosen_step_is_the_correct_one(tmp_path):
+    from openrlhf_psr.io import ShardStore
     from openrlhf_psr.search import SearchConfig, StepSearch
-    from openrlhf_psr.shards import ShardStore
 
     problems = load_problems("builtin:arith?seed=21&ops=2-3", limit=6)
     summary = StepSearch(BuiltinCandidates(problems), OracleJudge(), SearchConfig(width=3, max_rounds=8)).run(

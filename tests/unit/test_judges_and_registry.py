@@ -189,7 +189,7 @@ class ScoreEngine(Engine):
 
 def test_srlm_baseline_pairs_best_against_worst_whole_solution(tmp_path):
     from openrlhf_psr.data.problems import Problem
-    from openrlhf_psr.shards import ShardStore
+    from openrlhf_psr.io import ShardStore
     from openrlhf_psr.srlm import SRLMConfig, srlm_pairs
 
     n_pairs, n_problems = srlm_pairs(ScoreEngine(), [Problem("p", "q", "7")], tmp_path, SRLMConfig())

@@ -4,8 +4,8 @@ import importlib.util
 
 import pytest
 
-from openrlhf_psr import models
-from openrlhf_psr.models import ModelPackageMissing, resolve_model
+from openrlhf_psr import model_cache
+from openrlhf_psr.model_cache import ModelPackageMissing, resolve_model
 
 pytestmark = pytest.mark.unit
 
@@ -28,4 +28,4 @@ def test_missing_model_package_names_the_package_and_the_install_command(monkeyp
 
 def test_tiny_model_rejects_head_sizes_vllm_cpu_cannot_run(tmp_path):
     with pytest.raises(ValueError, match="head size 16"):
-        models.build_tiny_model(tmp_path, hidden_size=32, num_heads=2)
+        model_cache.build_tiny_model(tmp_path, hidden_size=32, num_heads=2)

@@ -8,10 +8,10 @@ import pytest
 
 from openrlhf_psr.data.problems import Problem
 from openrlhf_psr.engines.base import Engine, Sample
+from openrlhf_psr.io import ShardStore
 from openrlhf_psr.judges.base import Judgment, PairwiseJudge
 from openrlhf_psr.judges.generative import GenerativeJudge
 from openrlhf_psr.search import SearchConfig, StepSearch, trim_step
-from openrlhf_psr.shards import ShardStore
 from openrlhf_psr.testing import CharTokenizer
 from openrlhf_psr.tournament import Verdict
 

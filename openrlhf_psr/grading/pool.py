@@ -65,7 +65,7 @@ def _grader_function(name: str) -> Callable[[str, str], bool]:
     if name == "math_verify":
         return math_verify_equal
     if name == "qwen":
-        from openrlhf_psr.eval.graders import qwen_equal
+        from openrlhf_psr.grading.graders import qwen_equal
 
         return qwen_equal
     raise ValueError(f"grader {name!r}: expected one of {', '.join(GRADERS)}")
@@ -200,13 +200,13 @@ class _Supervisor:
     def __init__(self):
         to_sup_r, to_sup_w = os.pipe()
         from_sup_r, from_sup_w = os.pipe()
-        package_root = str(Path(__file__).resolve().parent.parent)
+        package_root = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         # sympy's simplification order follows set iteration, i.e. string hashes: with a random seed the same answer
         # is graded in 0.6 s by one supervisor and hangs in another. A fixed seed makes every verdict reproducible.
         env["PYTHONHASHSEED"] = "0"
-        code = "import sys; from openrlhf_psr.grading import _supervise; _supervise(*map(int, sys.argv[1:]))"
+        code = "import sys; from openrlhf_psr.grading.pool import _supervise; _supervise(*map(int, sys.argv[1:]))"
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", code, str(to_sup_r), str(from_sup_w)],
@@ -236,7 +236,7 @@ class _Supervisor:
             pass
         self.kill()
         raise RuntimeError(
-            f"a grading worker ({sys.executable} -c ...openrlhf_psr.grading._supervise) did not start within "
+            f"a grading worker ({sys.executable} -c ...openrlhf_psr.grading.pool._supervise) did not start within "
             f"{timeout_s:.0f} s (exit status {self.proc.poll()}); see its error output above"
         )
 

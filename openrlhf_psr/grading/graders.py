@@ -3,8 +3,9 @@
 element-wise lists, tuples, intervals and sets; symbolic equality with sympy). Disagreements are listed.
 
 Model output is untrusted: it is parsed, never evaluated, and every grading runs in the pool of
-:mod:`openrlhf_psr.grading`, each grader under its own deadline, so a hostile answer (a huge power tower, deeply nested
-LaTeX) is a recorded timeout of that grader instead of a hung evaluation, and the other grader's verdict stands.
+:mod:`openrlhf_psr.grading.pool`, each grader under its own deadline, so a hostile answer (a huge power tower,
+deeply nested LaTeX) is a recorded timeout of that grader instead of a hung evaluation, and the other grader's
+verdict stands.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import math
 import re
 from collections.abc import Sequence
 
-from openrlhf_psr import grading
-from openrlhf_psr.grading import GRADERS
+from openrlhf_psr.grading import pool as grading
+from openrlhf_psr.grading.pool import GRADERS
 
 TIME_LIMIT_S = grading.DEADLINE_S
 REL_TOL = 1e-4
