@@ -9,6 +9,10 @@ Prints, on the same model, problems and settings, in one run:
   and the search's share of it;
 - judge calls per accepted step, and how often knockout picks the same best / the same worst as round robin on
   identical candidates (replayed from the round robin's recorded both-order verdicts: no extra judge calls);
+- the logit judge read from the engine's next-token log-probs against today's transformers forward on the same
+  comparisons (those the engine-judged search made, replayed batch by batch): comparisons/s of each, the ratio,
+  the max P("A") difference, each one's abstention rate; and the share of search wall time spent judging at the
+  search width with each;
 - peak RSS of this process and of its children (vLLM's engine core).
 
 The naive loop runs on the first M problems (default 4) because it is slow; its rate is per problem, so the
@@ -42,18 +46,47 @@ class NaiveEngine:
         return out
 
 
+class TimedJudge:
+    """Wraps a judge: wall time spent judging and every batch of comparisons it was handed (to replay them)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.seconds = 0.0
+        self.batches: list[list] = []
+
+    def judge(self, comparisons):
+        start = time.perf_counter()
+        out = self.inner.judge(comparisons)
+        self.seconds += time.perf_counter() - start
+        self.batches.append(list(comparisons))
+        return out
+
+
+def replay(judge, batches) -> tuple[float, list[float]]:
+    """Seconds to judge ``batches`` batch by batch (as the search handed them), and P("A") of every comparison."""
+    start = time.perf_counter()
+    probs = [p for batch in batches for p in judge.probabilities(batch)]
+    return time.perf_counter() - start, probs
+
+
+def abstention_rate(probs) -> float:
+    """Share of comparisons without a verdict: an exact tie (P("A") = 0.5) or no finite log-probs (NaN)."""
+    return sum(1 for p in probs if p != p or p == 0.5) / len(probs) if probs else float("nan")
+
+
 def knockout_agreement(store) -> dict:
     """Replay knockout on each round robin round's candidates using the recorded verdicts."""
-    from openrlhf_psr.tournament import Verdict, make_state
+    from openrlhf_psr.records import Judgment, Trajectory, read_records
+    from openrlhf_psr.tournament import make_state
 
     same_best = same_worst = rounds = 0
-    for t in store.read("trajectories"):
-        for r in t["rounds"]:
+    for t in read_records(store.read_located("trajectories"), Trajectory):
+        for r in t.rounds:
             unique = r["unique"]
             if len(unique) < 3 or r["action"] != "accept":
                 continue
-            verdicts = {(c["a"], c["b"]): Verdict(c["winner"], c["p_a"]) for c in r["judge_calls"]}
-            state = make_state("knockout", len(unique), aggregate=t["config"]["aggregate"])
+            verdicts = {(c["a"], c["b"]): Judgment.from_json(c).verdict for c in r["judge_calls"]}
+            state = make_state("knockout", len(unique), aggregate=t.config["aggregate"])
             while not state.done:
                 state.submit([verdicts[(unique[i], unique[j])] for i, j in state.pending()])
             result = state.result()
@@ -70,7 +103,7 @@ def main() -> None:
     parser.add_argument("--problems", type=int, default=12)
     parser.add_argument("--naive-problems", type=int, default=3)
     parser.add_argument(
-        "--source", default=None, help="problem source (default: GSM8K train if present, else builtin)"
+        "--source", default=None, help="source spec, e.g. jsonl:PATH (default: GSM8K train if present, else builtin)"
     )
     parser.add_argument("--width", type=int, default=6)
     parser.add_argument("--max-rounds", type=int, default=2)
@@ -90,7 +123,7 @@ def main() -> None:
     from openrlhf_psr.steps import step_stop_strings
 
     gsm8k = Path(__file__).resolve().parents[2] / "shared" / "data" / "train" / "gsm8k_train.jsonl"
-    source = args.source or (str(gsm8k) if gsm8k.is_file() else "builtin:arith")
+    source = args.source or (f"jsonl:{gsm8k}" if gsm8k.is_file() else "builtin:arith")
     rule = "gsm8k" if "gsm8k" in source else "raw"
     problems = load_problems(source, answer_rule=rule, limit=args.problems, seed=0)
     config = SearchConfig(
@@ -123,13 +156,24 @@ def main() -> None:
         n_elapsed, n_count, _ = timed_search(base, [[p] for p in naive], Path(tmp) / "naive", naive=True)
         # The untrained default model writes few parseable verdicts, so the generative judge mostly ties: judge
         # calls per accepted step and the knockout agreement are measured with the logit judge (prob aggregation).
+        # The logit judge twice, same problems and settings: P("A") read from this engine's next-token log-probs
+        # (one batched, prefix-cached call per round) and today's transformers forward (a second model, fp32 head).
         from openrlhf_psr.judges.logit import LogitJudge
 
-        prob_cfg = dataclasses.replace(config, aggregate="prob")
+        prob_cfg = config.model_copy(update={"aggregate": "prob"})
+        on_engine = TimedJudge(LogitJudge(args.model, engine=base, backend="engine"))
         l_elapsed, l_count, l_summary = timed_search(
-            base, [problems], Path(tmp) / "logit", judge=LogitJudge(args.model), cfg=prob_cfg
+            base, [problems], Path(tmp) / "logit", judge=on_engine, cfg=prob_cfg
         )
         agreement = knockout_agreement(ShardStore(Path(tmp) / "logit"))
+        forward = TimedJudge(LogitJudge(args.model, backend="transformers"))
+        t_elapsed, _, t_summary = timed_search(base, [problems], Path(tmp) / "logit_tf", judge=forward, cfg=prob_cfg)
+        # the same comparisons through both, batch by batch as the engine-judged search made them; the prefix cache
+        # is emptied first so the engine recomputes the judge prompts the search already sent
+        batches = on_engine.batches
+        base.llm.reset_prefix_cache()
+        e_seconds, e_probs = replay(on_engine.inner, batches)
+        f_seconds, f_probs = replay(forward.inner, batches)
 
     # ceiling: the same number of sequences, one batched sampling call with the same settings
     stop = tuple(step_stop_strings())
@@ -172,6 +216,21 @@ def main() -> None:
         f"logit judge (prob aggregation): {60 * len(problems) / l_elapsed:.2f} problems/min, judge calls per "
         f"accepted step {l_summary['judge_calls_per_accepted_step']:.2f}, pairs {l_summary['pairs']}"
     )
+    n = len(e_probs)
+    diff = max((abs(a - b) for a, b in zip(e_probs, f_probs, strict=True)), default=float("nan"))
+    print(f"\nlogit judge on {n} comparisons ({len(batches)} batches, as the w={config.width} search made them):")
+    for label, seconds, probs in (
+        ("engine log-probs", e_seconds, e_probs),
+        ("transformers forward", f_seconds, f_probs),
+    ):
+        print(f"  {label:22}{n / seconds:8.1f} comparisons/s   abstention rate {abstention_rate(probs):.3f}")
+    print(f"  speed-up engine / transformers: {f_seconds / e_seconds:.2f}x   (target >= 5x)")
+    print(f"  P(A) max abs difference engine vs transformers: {diff:.4f}   (target <= 0.02)")
+    print(f"share of search wall time spent judging at w={config.width} (logit judge, prob aggregation):")
+    print(f"  engine log-probs      {100 * on_engine.seconds / l_elapsed:5.1f}% of {l_elapsed:.1f} s   "
+          f"abstention rate {l_summary['abstention_rate']}   (goal <= 50%)")  # fmt: skip
+    print(f"  transformers forward  {100 * forward.seconds / t_elapsed:5.1f}% of {t_elapsed:.1f} s   "
+          f"abstention rate {t_summary['abstention_rate']}")  # fmt: skip
     print(f"knockout vs round robin on {agreement['rounds']} rounds: same best {agreement['same_best']}, "
           f"same worst {agreement['same_worst']}")  # fmt: skip
 

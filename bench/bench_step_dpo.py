@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -31,18 +32,14 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 def make_rows(n: int, tokenizer, max_len: int, seed: int = 0) -> list[dict]:
     from openrlhf_psr.prompts import prompt_token_ids, render_step_prompt
-    from openrlhf_psr.steps import format_step
 
     prm = SHARED / "train" / "prm800k_phase1_train.stepwise.parquet"
     rows = []
     if prm.is_file():
         from openrlhf_psr.data.prm800k import human_step_pairs
 
-        for p in human_step_pairs(prm):
-            k = len(p.previous_steps) + 1
-            rows.append({"prompt": p.question, "prefix_steps": [format_step(i, s) for i, s in
-                         enumerate(p.previous_steps, 1)], "chosen": format_step(k, p.chosen) + "\n",
-                         "rejected": format_step(k, p.rejected) + "\n", "is_final": False})  # fmt: skip
+        for p in human_step_pairs(prm):  # steps numbered already; "\n" separates a non-final step from the next
+            rows.append(replace(p, better=p.better + "\n", worse=p.worse + "\n", is_final=False).to_json())
     else:
         from openrlhf_psr.data.sft import builtin_step_pairs
 

@@ -24,6 +24,9 @@ from pathlib import Path
 
 # Flags whose value a stage writes, never reads (they are cleared when the stage reruns from scratch).
 OUTPUT_FLAGS = ("--out", "--ckpt.output_dir", "--ckpt.path", "--logger.tensorboard_dir", "--save_path")
+# The stage's own config file: the launcher writes it at the stage's start, and its settings are already part of the
+# fingerprinted command (``Stage.settings_args``); counted as an input, it would change the fingerprint by existing.
+GENERATED_FLAGS = ("--config",)
 MODEL_FLAGS = ("--model", "--model.model_name_or_path", "--ref.model_name_or_path", "--pretrain")
 _CHUNK = 1 << 20
 
@@ -130,8 +133,11 @@ def command_paths(command: Sequence[str], *, skip: Iterable[str | Path] = ()) ->
         if k > 0 and command[k - 1] in OUTPUT_FLAGS:
             outputs.append(arg)
             continue
+        if k > 0 and command[k - 1] in GENERATED_FLAGS:
+            continue
         if arg.startswith("-") or not arg or "\n" in arg or len(arg) > 4096:
             continue
+        arg = _spec_path(arg) or arg  # a data file named inside a source spec is the input, not the spec
         path = Path(arg)
         try:
             if not path.exists():
@@ -143,6 +149,26 @@ def command_paths(command: Sequence[str], *, skip: Iterable[str | Path] = ()) ->
             continue
         inputs.append(arg)
     return inputs, outputs
+
+
+def _spec_path(arg: str) -> str | None:
+    """The local file a data-source spec names (``jsonl:PATH?limit=2``, ``math500=jsonl:PATH``), else None.
+
+    >>> _spec_path("prm800k:/d/pairs.parquet?limit=4"), _spec_path("gsm8k=jsonl:/d/t.jsonl"), _spec_path("x")
+    ('/d/pairs.parquet', '/d/t.jsonl', None)
+    """
+    from openrlhf_psr.data.sources import parse_benchmark, parse_source
+
+    for parse in (parse_source, parse_benchmark):
+        try:
+            parsed = parse(arg)
+        except (ValueError, TypeError):
+            continue
+        source = getattr(parsed, "source", parsed)
+        path = getattr(source, "path", None)
+        if path is not None:
+            return str(path)
+    return None
 
 
 def stage_fingerprint(

@@ -138,3 +138,9 @@ class ShardStore:
     def read(self, kind: str) -> Iterator[dict]:
         for _, path in sorted(self._shards(kind).items()):
             yield from read_jsonl(path)
+
+    def read_located(self, kind: str) -> Iterator[tuple[str, dict]]:
+        """``(where, record)``: each record with ``"<shard>: record N"``, for messages about a malformed row."""
+        for _, path in sorted(self._shards(kind).items()):
+            for number, record in enumerate(read_jsonl(path), 1):
+                yield f"{path}: record {number}", record

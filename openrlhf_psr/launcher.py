@@ -16,9 +16,10 @@ and of the resolved command). A stage is skipped when the manifest says done, it
 fingerprint is unchanged. A stage whose fingerprint changed (a retrained model, an edited data file, a recipe
 change) reruns from scratch, its old outputs removed, and so does every later stage that builds on it (all but the
 evaluations); the progress output says which input changed. An interrupted stage with an unchanged fingerprint is
-resumed: the stages resume inside themselves (search shards; DeepSpeed checkpoints with ``--ckpt.load_enable``).
+resumed: the stages resume inside themselves (search shards, evaluation parts; training from its last DeepSpeed
+checkpoint when ``cluster.<sft|dpo>.checkpoint_every`` asks for periodic ones, else from its beginning).
 ``--dry-run`` prints the exact commands (``python -m``/``deepspeed --module`` locally, ``ray job submit`` for a
-cluster).
+cluster, ``python -m openrlhf_psr.cli.ray_train`` for training on ``cluster.nodes > 1``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from openrlhf_psr.layout import EVAL_FILE, RunLayout
 from openrlhf_psr.recipe import Recipe, absolute_paths, base_dir
 
 M0_NAME = "M0"
@@ -47,9 +49,47 @@ class Stage:
     env: dict[str, str] = field(default_factory=dict)
     feeds_later: bool = True  # later stages build on its output: its rerun from scratch reruns them too
     reads_all: bool = False  # reads every earlier stage's output (the report): reruns whenever one of them ran
+    config: dict | None = None  # the stage's resolved config, which its command reads from config_file
+    config_file: Path | None = None
+
+    def write_config(self) -> None:
+        """Write the resolved config where the command reads it (the launcher does before every start)."""
+        if self.config is None:
+            return
+        from openrlhf_psr.io import atomic_write_text
+
+        self.config_file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.config_file, json.dumps(self.config, indent=2) + "\n")
+
+    def settings_args(self) -> list[str]:
+        """The command, with the config's settings spelled as flags (``--search.width 4``, ``--model PATH``,
+        ``--out DIR``): what fingerprints read, so the paths a config names count as the stage's inputs and outputs
+        and a changed setting changes the stage's fingerprint, as if every setting were on the command line."""
+        return [*self.command, *_settings_args(self.config or {})]
 
 
-def _flag_args(flags: dict) -> list[str]:
+STAGE_CONFIG = "config.json"  # the stage's resolved config, in its output folder
+
+
+def _settings_args(config: dict, prefix: str = "") -> list[str]:
+    """``{"model": "m", "search": {"width": 4}, "benchmarks": ["a", "b"]}`` as
+    ``--model m --search.width 4 --benchmarks a --benchmarks b``.
+
+    >>> _settings_args({"model": "m", "search": {"width": 4, "both_orders": True}, "benchmarks": ["a", "b"]})
+    ['--model', 'm', '--search.width', '4', '--search.both_orders', 'true', '--benchmarks', 'a', '--benchmarks', 'b']
+    """
+    out: list[str] = []
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out += _settings_args(value, f"{prefix}{key}.")
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            out += [f"--{prefix}{key}", item if isinstance(item, str) else json.dumps(item)]
+    return out
+
+
+def flag_args(flags: dict) -> list[str]:
+    """A mapping of flags as a command line: ``True`` is the bare flag, ``False``/``None`` leave it out."""
     out: list[str] = []
     for flag, value in flags.items():
         flag = flag if flag.startswith("--") else f"--{flag}"
@@ -71,9 +111,10 @@ class RecipeRun:
         runs = Path(runs_dir if runs_dir is not None else recipe.cluster.runs_dir or "runs").expanduser()
         self.runs_dir = Path(os.path.normpath(base_dir() / runs))
         self.root = self.runs_dir / recipe.name
+        self.layout = RunLayout(self.root)
         # On a cluster the job runs in the workers' environment: plain `python` there; locally, this interpreter.
         self.python = python or ("python" if recipe.resources.launcher == "ray_job" else sys.executable)
-        self.manifest_path = self.root / "manifest.json"
+        self.manifest_path = self.layout.manifest()
 
     # -- models of each stage --------------------------------------------------------------------------------
     def model(self, t: int) -> str:
@@ -81,22 +122,34 @@ class RecipeRun:
         if t == 0:
             return self.recipe.model
         if t == 1:
-            return str(self.root / "sft" / "model") if self.recipe.stages.sft.enabled else self.recipe.model
-        return str(self.root / f"iter_{t - 1}" / "model")
+            return str(self.layout.model(1)) if self.recipe.stages.sft.enabled else self.recipe.model
+        return str(self.layout.model(t))
 
-    def _trainer(self, module: str) -> list[str]:
-        gpus = self.recipe.resources.num_gpus
+    # -- what trainer plugins build their stage from (openrlhf_psr.trainers.plugin) ----------------------------
+    def trainer_command(self, module: str) -> list[str]:
+        """How a training module is launched: ``deepspeed --module`` on one node's GPUs, this interpreter's ``-m``
+        on CPU; on ``cluster.nodes > 1`` one rank per GPU of every node, placed by the running Ray cluster
+        (:mod:`openrlhf_psr.cli.ray_train`, which says why not ``deepspeed --hostfile``)."""
+        gpus, nodes = self.recipe.resources.num_gpus, self.recipe.cluster.nodes
+        if nodes > 1:
+            per_node = self.recipe.cluster.gpus_per_node if self.recipe.cluster.gpus_per_node is not None else gpus
+            return [self.python, "-m", "openrlhf_psr.cli.ray_train", "--nodes", str(nodes),
+                    "--gpus-per-node", str(per_node), module]  # fmt: skip
         if gpus > 0:
             return ["deepspeed", "--num_gpus", str(gpus), "--module", module]
         return [self.python, "-m", module]
 
-    def _train_flags(self, stage: str) -> list[str]:
+    def train_flags(self, stage: str) -> list[str]:
         """The ``cluster`` section's DeepSpeed settings of a training stage; ``openrlhf:`` flags come later and win."""
         spec = getattr(self.recipe.cluster, stage)
         out = ["--ds.zero_stage", str(spec.zero_stage)]
         out += ["--ds.adam_offload"] if spec.adam_offload else []
         out += ["--model.gradient_checkpointing_enable"] if spec.gradient_checkpointing else []
         out += ["--ref.offload"] if stage == "dpo" and spec.ref_offload else []
+        # DeepSpeed checkpoints only every `checkpoint_every` steps (~16 bytes per parameter each: ~107 GB at 7B);
+        # by default none (upstream's -1): the stage's model, saved at its end, is what later stages and a rerun
+        # read, and a stage killed before its end restarts from its beginning.
+        out += ["--ckpt.save_steps", str(spec.checkpoint_every or -1)]
         return out
 
     def _common_ds(self) -> list[str]:
@@ -104,36 +157,33 @@ class RecipeRun:
         return ["--ds.param_dtype", "bf16", "--ds.attn_implementation", "flash_attention_2" if gpus else "sdpa"]
 
     def _eval(self, t: int, out: Path) -> Stage:
-        ev = self.recipe.data.eval
-        cmd = [self.python, "-m", "openrlhf_psr.cli.evaluate", "--model", self.model(t), "--out", str(out),
-               "--max-tokens", str(ev.max_tokens), "--judge-max-tokens", str(ev.judge_max_tokens),
-               "--prompt", ev.prompt, "--fewshot", str(ev.fewshot),
-               "--chat-template", _on_off(self.recipe.psr.chat_template),
-               "--max-model-len", str(self.recipe.psr.search.max_model_len),
-               "--seed", str(self.recipe.seed)]  # fmt: skip
-        from openrlhf_psr.plan import engine_settings  # the engine `plan` checked: cluster.eval's TP
+        """M(t)'s evaluation: ``data.eval`` with the prompt format, seed and engine of the recipe, as a config."""
+        from openrlhf_psr.plan import engine_settings  # the engines `plan` checked: cluster.eval's engines x TP
+        from openrlhf_psr.recipe import EvalSettings, EvaluateConfig, PluginSpec
 
-        for key, value in engine_settings(self.recipe, "eval").items():
-            cmd += ["--" + key.replace("_", "-"), str(value)]
-        if ev.data_root:
-            cmd += ["--data-root", ev.data_root]
-        for spec in ev.benchmarks:
-            cmd += ["--benchmark", spec]
-        for spec in ev.judge_sets:
-            cmd += ["--judge-set", spec]
-        for judge in ev.judges if ev.judge_sets else []:
-            cmd += ["--judge", judge]
-        return Stage(f"eval_m{t}" if t <= 1 else f"iter_{t - 1}/eval", cmd, out / "eval.json", feeds_later=False)
+        r, ev = self.recipe, self.recipe.data.eval
+        generator = PluginSpec(name=r.psr.generator.name, settings=engine_settings(r, "eval"))
+        config = EvaluateConfig(**{key: getattr(ev, key) for key in EvalSettings.model_fields}, model=self.model(t),
+                                out=str(out), seed=r.seed, chat_template=r.psr.chat_template,
+                                max_model_len=r.psr.generator.max_model_len, generator=generator)  # fmt: skip
+        name = f"eval_m{t}" if t <= 1 else f"iter_{t - 1}/eval"
+        return self._configured(name, "openrlhf_psr.cli.evaluate", config, out / EVAL_FILE, feeds_later=False)
+
+    def _configured(self, name: str, module: str, config, output: Path, **kw) -> Stage:
+        """A stage whose command is ``python -m MODULE --config OUT/config.json`` (the config written at its start)."""
+        path = Path(config.out) / STAGE_CONFIG
+        command = [self.python, "-m", module, "--config", str(path)]
+        return Stage(name, command, output, config=config.model_dump(mode="json"), config_file=path, **kw)
 
     def plan(self) -> list[Stage]:
-        r, root = self.recipe, self.root
+        r, run = self.recipe, self.layout
         stages: list[Stage] = []
         has_eval = bool(r.data.eval.benchmarks or r.data.eval.judge_sets)
         if has_eval and r.data.eval.before_training:
-            stages.append(self._eval(0, root / "m0" / "eval"))
+            stages.append(self._eval(0, run.eval(0)))
         if r.stages.sft.enabled:
             sft = r.stages.sft
-            data = root / "sft" / "data.jsonl"
+            data = run.sft_data()
             # The rows hold each example rendered for M0 in the recipe's format (chat or raw), exactly as the search
             # and evaluation render prompts; the identity input template keeps upstream from wrapping them again.
             cmd = [self.python, "-m", "openrlhf_psr.cli.sft_data", "--out", str(data), "--seed", str(r.seed),
@@ -141,59 +191,50 @@ class RecipeRun:
             cmd += [x for spec in r.data.ift for x in ("--ift", spec)]
             cmd += [x for spec in r.data.eft for x in ("--eft", spec)]
             stages.append(Stage("sft_data", cmd, data))
-            train = self._trainer("openrlhf.cli.train_sft") + [
+            train = self.trainer_command("openrlhf.cli.train_sft") + [
                 "--model.model_name_or_path", self.model(0), "--data.dataset", str(data),
                 "--data.input_key", "prompt", "--data.output_key", "response", "--data.input_template", "{}",
                 "--data.max_len", str(sft.max_len),
                 "--train.max_epochs", str(sft.epochs), "--adam.lr", str(sft.lr),
                 "--train.batch_size", str(sft.batch_size), "--train.micro_batch_size", str(sft.micro_batch_size),
-                "--train.seed", str(r.seed), *self._train_flags("sft"), *self._common_ds(),
-                "--ckpt.output_dir", str(root / "sft" / "model"), "--ckpt.path", str(root / "sft" / "ckpt"),
-                "--ckpt.save_steps", "20", "--ckpt.load_enable",
-                "--logger.logging_steps", "1", "--logger.tensorboard_dir", str(root / "sft" / "tb"),
+                "--train.seed", str(r.seed), *self.train_flags("sft"), *self._common_ds(),
+                "--ckpt.output_dir", str(run.model(1)), "--ckpt.path", str(run.sft_ckpt()),
+                "--ckpt.load_enable",
+                "--logger.logging_steps", "1", "--logger.tensorboard_dir", str(run.sft_tb()),
             ]  # fmt: skip
-            train += _flag_args(r.openrlhf.get("sft", {}))
-            stages.append(Stage("sft", train, root / "sft" / "model" / "config.json", distributed=True))
+            train += flag_args(r.openrlhf.get("sft", {}))
+            stages.append(Stage("sft", train, run.model(1) / "config.json", distributed=True))
             if has_eval:
-                stages.append(self._eval(1, root / "sft" / "eval"))
+                stages.append(self._eval(1, run.eval(1)))
         from openrlhf_psr.registry import TRAINERS
 
         trainer = TRAINERS.get(r.psr.trainer.name)()
         offset = 0
         for t in range(1, r.stages.iterations + 1):
-            it = root / f"iter_{t}"
             n = r.stages.prompts_per_iteration[t - 1]
-            stages.append(
-                Stage(f"iter_{t}/search", self._search_command(t, offset, n), it / "search" / "summary.json")
-            )
+            stages.append(self._search(t, offset, n))
             offset += n
             stages.append(trainer.stage(self, t))
             if has_eval:
-                stages.append(self._eval(t + 1, it / "eval"))
-        stages.append(Stage("report", [self.python, "-m", "openrlhf_psr.cli.report", str(root)],
-                            root / "report" / "summary.json", reads_all=True))  # fmt: skip
+                stages.append(self._eval(t + 1, run.eval(t + 1)))
+        stages.append(Stage("report", [self.python, "-m", "openrlhf_psr.cli.report", str(run.root)],
+                            run.report_json(), reads_all=True))  # fmt: skip
         for stage in stages:
-            stage.log = root / "logs" / (stage.name.replace("/", "_") + ".log")
+            stage.log = run.log(stage.name)
         return stages
 
-    def _search_command(self, t: int, offset: int, n: int) -> list[str]:
+    def _search(self, t: int, offset: int, n: int) -> Stage:
+        """Iteration t's search: the ``psr`` settings a search uses, on prompts ``offset:offset+n``, as a config."""
         from openrlhf_psr.plan import engine_settings  # the generator settings with the cluster's engines x TP
+        from openrlhf_psr.recipe import SearchSettings, SearchStageConfig
 
-        r, s, src = self.recipe, self.recipe.psr.search, self.recipe.data.prompts
-        cmd = [self.python, "-m", "openrlhf_psr.cli.search", "--model", self.model(t),
-               "--problems", src.source, "--question-key", src.question_key,
-               "--answer-key", src.answer_key or "", "--answer-rule", src.answer_rule, "--split", src.split,
-               "--subset", f"{offset}:{offset + n}", "--subset-seed", str(r.seed),
-               "--out", str(self.root / f"iter_{t}" / "search"), "--seed", str(r.seed + t),
-               "--generator", r.psr.generator.name, "--generator-settings", json.dumps(engine_settings(r, "search")),
-               "--judge", r.psr.judge.name, "--judge-settings", json.dumps(r.psr.judge.settings),
-               "--max-model-len", str(s.max_model_len), "--method", r.psr.method,
-               "--chat-template", _on_off(r.psr.chat_template)]  # fmt: skip
-        for key in ("width", "temperature", "top_p", "max_tokens_per_step", "max_rounds", "tournament",
-                    "both_orders", "aggregate", "min_margin", "filter_wrong", "drop_flagged"):  # fmt: skip
-            value = getattr(s, key)
-            cmd += ["--" + key.replace("_", "-"), _on_off(value) if isinstance(value, bool) else str(value)]
-        return cmd
+        r = self.recipe
+        settings = {key: getattr(r.psr, key) for key in SearchSettings.model_fields}
+        settings["generator"] = r.psr.generator.model_copy(update={"settings": engine_settings(r, "search")})
+        config = SearchStageConfig(**settings, model=self.model(t), out=str(self.layout.search(t)), seed=r.seed + t,
+                                   problems=r.data.prompts, subset=f"{offset}:{offset + n}",
+                                   subset_seed=r.seed)  # fmt: skip
+        return self._configured(f"iter_{t}/search", "openrlhf_psr.cli.search", config, self.layout.search_summary(t))
 
     # -- manifest --------------------------------------------------------------------------------------------
     def load_manifest(self) -> dict:
@@ -210,7 +251,7 @@ class RecipeRun:
         from openrlhf_psr.errors import DataError
         from openrlhf_psr.recipe import _format_error
 
-        path = Path(folder) / "manifest.json"
+        path = RunLayout(folder).manifest()
         if not path.is_file():
             found = "no manifest.json" if Path(folder).is_dir() else "no such folder"
             raise DataError(f"{folder}: expected a run folder (runs/<name>) with manifest.json, found {found}")
@@ -248,14 +289,14 @@ class RecipeRun:
     def _hasher(self):
         from openrlhf_psr.fingerprint import ContentHasher
 
-        return ContentHasher(self.root / "fingerprint_cache.json")
+        return ContentHasher(self.layout.fingerprint_cache())
 
     def fingerprint(self, stage: Stage, hasher) -> dict:
         """The stage's fingerprint (see :func:`openrlhf_psr.fingerprint.stage_fingerprint`); a cluster run's
         paths live on the cluster, so only those that also exist here are read."""
         from openrlhf_psr.fingerprint import stage_fingerprint
 
-        return stage_fingerprint(stage.command, hasher, run_root=self.root, python=self.python)
+        return stage_fingerprint(stage.settings_args(), hasher, run_root=self.root, python=self.python)
 
     @staticmethod
     def _decide(stage: Stage, record: dict, fingerprint: dict, upstream: str | None, ran: bool):
@@ -283,7 +324,7 @@ class RecipeRun:
 
         root = self.root.resolve()
         removed = []
-        for path in [*map(Path, command_paths(stage.command)[1]), stage.output]:
+        for path in [*map(Path, command_paths(stage.settings_args())[1]), stage.output]:
             resolved = path.resolve()
             if root not in resolved.parents or not (resolved.exists() or resolved.is_symlink()):
                 continue
@@ -318,8 +359,10 @@ class RecipeRun:
         for stage in self.plan():
             env = " ".join(f"{k}={shlex.quote(v)}" for k, v in {**self.recipe.resources.env, **stage.env}.items())
             prefix = "DS_ACCELERATOR=cpu MASTER_ADDR=127.0.0.1 MASTER_PORT=<free> RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 "
-            prefix = prefix if stage.distributed and self.recipe.resources.num_gpus == 0 else ""
-            lines.append(f"# {stage.name}\n{(env + ' ') if env else ''}{prefix}{shlex.join(self.wrap(stage))}")
+            local_cpu = self.recipe.resources.num_gpus == 0 and self.recipe.resources.launcher == "local"
+            prefix = prefix if stage.distributed and local_cpu else ""  # as run() sets it: local CPU stages only
+            config = f"# {stage.config_file} (written at its start): {json.dumps(stage.config)}\n" * bool(stage.config)
+            lines.append(f"# {stage.name}\n{config}{(env + ' ') if env else ''}{prefix}{shlex.join(self.wrap(stage))}")
         return "\n\n".join(lines)
 
     def run(self, *, progress=print) -> dict:
@@ -352,6 +395,7 @@ class RecipeRun:
             ran = True
             progress(f"[{k}/{len(stages)}] {stage.name}: {'resuming' if action == 'resume' else 'running'} "
                      f"(log: {stage.log})")  # fmt: skip
+            stage.write_config()  # after any clearing: the config lives in the stage's output folder
             record.update(state="running", command=self.wrap(stage), started=time.time(), fingerprint=fingerprint)
             self.save_manifest(manifest)
             env = {**os.environ, **self.recipe.resources.env, **stage.env}

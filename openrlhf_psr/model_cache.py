@@ -168,12 +168,15 @@ def build_tiny_model(
     """Save a randomly initialised model of a real architecture with a real tokenizer (for fast tests).
 
     The default head size is 128 // 2 = 64: vLLM's CPU attention supports only some head sizes (32, 64, 80, ...).
+    Bad settings are refused before torch loads.
     """
+    if hidden_size // num_heads not in (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512):
+        raise ValueError(f"head size {hidden_size // num_heads} is not supported by vLLM's CPU attention")
+    if architecture not in ("llama", "qwen2"):
+        raise ValueError(f"architecture {architecture!r}: expected one of ['llama', 'qwen2']")
     import torch
     from transformers import AutoTokenizer, LlamaConfig, Qwen2Config
 
-    if hidden_size // num_heads not in (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512):
-        raise ValueError(f"head size {hidden_size // num_heads} is not supported by vLLM's CPU attention")
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(tokenizer_from))
     common = dict(
         vocab_size=len(tokenizer),
@@ -189,8 +192,6 @@ def build_tiny_model(
         tie_word_embeddings=True,
     )
     configs = {"llama": LlamaConfig, "qwen2": Qwen2Config}
-    if architecture not in configs:
-        raise ValueError(f"architecture {architecture!r}: expected one of {sorted(configs)}")
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)

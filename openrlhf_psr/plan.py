@@ -433,7 +433,7 @@ def plan_vllm(
         hint = f"raise cluster.{knob}.tensor_parallel_size to {need_tp}" if need_tp else "use GPUs with more memory"
         out.refusals.append(
             f"weights {weights:.1f} GB per GPU leave room for {tokens} KV tokens, fewer than "
-            f"psr.search.max_model_len {max_model_len}: {hint}"
+            f"psr.generator.max_model_len {max_model_len}: {hint}"
         )
     return out
 
@@ -482,17 +482,19 @@ IN_PROCESS_GENERATORS = ("vllm",)  # one vllm.LLM in the stage's own process: on
 
 def engine_settings(recipe, stage: str) -> dict:
     """The engine settings of a search or evaluation stage: ``psr.generator.settings`` with the cluster section's
-    engines, TP and memory share on top (the launcher hands exactly these to the stage).
+    engines, TP and memory share on top (the launcher hands exactly these to the stage's generator plugin).
 
-    Evaluation always runs the in-process vLLM engine, so it takes only the TP and memory share.
+    Search and evaluation (with its test-time scaling and judges) build their engine through the same generator
+    plugin, each with its own ``cluster.<stage>`` engines x TP; an in-process generator takes no engine count.
     """
     spec = getattr(recipe.cluster, stage)
-    settings = dict(recipe.psr.generator.settings) if stage == "search" else {}
+    settings = dict(recipe.psr.generator.settings)
     tp = spec.tensor_parallel_size or recipe.psr.generator.settings.get("tensor_parallel_size")
     if tp:
         settings["tensor_parallel_size"] = int(tp)
-    if spec.engines and stage == "search" and recipe.psr.generator.name not in IN_PROCESS_GENERATORS:
-        settings["num_engines"] = spec.engines
+    total_gpus = hardware(recipe).gpus
+    if recipe.psr.generator.name not in IN_PROCESS_GENERATORS and (spec.engines or total_gpus):
+        settings["num_engines"] = spec.engines or max(1, total_gpus // int(tp or 1))  # as plan_vllm counts them
     if "gpu_memory_utilization" in spec.model_fields_set:
         settings["gpu_memory_utilization"] = spec.gpu_memory_utilization
     return settings
@@ -501,14 +503,14 @@ def engine_settings(recipe, stage: str) -> dict:
 def _plan_engines(recipe, stage: str, applies_to: list[str], shape: ModelShape, hw: Hardware) -> StagePlan:
     settings = engine_settings(recipe, stage)
     tp = int(settings.get("tensor_parallel_size", 1))
-    in_process = stage == "eval" or recipe.psr.generator.name in IN_PROCESS_GENERATORS
+    in_process = recipe.psr.generator.name in IN_PROCESS_GENERATORS
     engines = 1 if in_process else settings.get("num_engines")
     utilization = float(settings.get("gpu_memory_utilization", 0.9))
-    out = plan_vllm(stage, applies_to, shape, hw, engines, tp, utilization, recipe.psr.search.max_model_len, stage)
+    out = plan_vllm(stage, applies_to, shape, hw, engines, tp, utilization, recipe.psr.generator.max_model_len, stage)
     if in_process and hw.gpus > tp:
         out.notes.append(
-            f"in-process vLLM: {hw.gpus - tp} of {hw.gpus} GPUs idle"
-            + ("" if stage == "eval" else " (psr.generator.name: openrlhf_ray puts engines on all)")
+            f"in-process vLLM: {hw.gpus - tp} of {hw.gpus} GPUs idle (psr.generator.name: openrlhf_ray puts "
+            "engines on all)"
         )
     return out
 

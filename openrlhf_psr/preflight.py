@@ -119,7 +119,9 @@ def run_preflight(run, runs_dir) -> tuple[list[str], list[str]]:
     root, base = Path(run.root).resolve(), Path(runs_dir).resolve()
     if root == base or base not in root.parents:
         problems.append(f"name: the run folder {run.root} is outside the runs folder {runs_dir}")
-    manifest = Path(getattr(run, "manifest_path", root / "manifest.json"))
+    from openrlhf_psr.layout import RunLayout
+
+    manifest = Path(getattr(run, "manifest_path", None) or RunLayout(root).manifest())
     if manifest.is_file():  # a rerun resumes from it: it must be readable
         from openrlhf_psr.launcher import read_manifest
 
@@ -148,7 +150,8 @@ def run_preflight(run, runs_dir) -> tuple[list[str], list[str]]:
 
 
 def _prompts(recipe, problems: list[str], notes: list[str]) -> None:
-    from openrlhf_psr.data.problems import load_problems, local_path
+    from openrlhf_psr.data.problems import load_problems
+    from openrlhf_psr.data.sources import PROBLEMS, SourceError, parse_source
 
     src, stages = recipe.data.prompts, recipe.stages
     counts = stages.prompts_per_iteration[: stages.iterations]
@@ -156,15 +159,20 @@ def _prompts(recipe, problems: list[str], notes: list[str]) -> None:
     if stages.iterations == 0:
         return
     key = "data.prompts.source"
-    if src.source.startswith("builtin:"):
-        try:
-            load_problems(src.source, limit=1)
-        except _DATA_ERRORS as exc:
-            problems.append(f"{key}: {_problem_text(exc)}")
-        else:
-            notes.append(f"{key}: {src.source}: built-in task, any number of problems ({needed} needed)")
+    try:
+        source = parse_source(src.source, PROBLEMS)
+    except SourceError as exc:
+        problems.append(f"{key}: {exc}")
         return
-    if local_path(src.source) is None:
+    if source.is_builtin:
+        n = source.get("n")
+        if n is not None and n < needed:
+            problems.append(f"stages.prompts_per_iteration: {counts} need {needed} problems over "
+                            f"{stages.iterations} iteration(s), found n={n} in {src.source}")  # fmt: skip
+        else:
+            notes.append(f"{key}: {src.source}: built-in task, {n or 'any number of'} problems ({needed} needed)")
+        return
+    if source.path is None:
         notes.append(f"{key}: {src.source}: a Hugging Face dataset, not checked here (needs the network)")
         return
     try:
@@ -187,22 +195,21 @@ def _prompts(recipe, problems: list[str], notes: list[str]) -> None:
 def _sft_sources(recipe, problems: list[str], notes: list[str]) -> None:
     if not recipe.stages.sft.enabled:
         return
-    from openrlhf_psr.cli.sft_data import _split, build
+    from openrlhf_psr.cli.sft_data import build
+    from openrlhf_psr.data.sources import EFT, IFT, SourceError, parse_source
     from openrlhf_psr.io import read_jsonl
 
     for field, specs in (("ift", recipe.data.ift), ("eft", recipe.data.eft)):
         for k, spec in enumerate(specs):
             key = f"data.{field}[{k}]"
             try:
-                kind, path, limit = _split(spec)
-            except ValueError:
-                problems.append(f"{key}: expected KIND:PATH[:N] or builtin:N, found {spec!r}")
-                continue
-            if limit is not None and limit <= 0:
-                problems.append(f"{key}: expected a positive count, found {limit} in {spec!r}")
+                source = parse_source(spec, IFT if field == "ift" else EFT)
+            except SourceError as exc:
+                problems.append(f"{key}: {exc}")
                 continue
             try:
-                if kind.endswith("gsm8k") and path:  # name the first row the IFT builder would trip on
+                if source.kind.endswith("gsm8k"):  # name the first row the IFT builder would trip on
+                    path = source.path
                     for line, row in enumerate(read_jsonl(path), 1):
                         bad = [f for f in ("question", "answer") if not isinstance(row.get(f), str)]
                         if bad:
@@ -219,21 +226,18 @@ def _sft_sources(recipe, problems: list[str], notes: list[str]) -> None:
 
 
 def _eval_sources(recipe, problems: list[str], notes: list[str]) -> None:
-    from openrlhf_psr.cli.evaluate import load_eval_problems, load_judge_pairs, parse_spec
-    from openrlhf_psr.data.problems import local_path
+    from openrlhf_psr.cli.evaluate import load_eval_problems, load_judge_pairs, parse_benchmark
+    from openrlhf_psr.data.sources import SourceError
 
     ev = recipe.data.eval
     for k, spec in enumerate(ev.benchmarks):
         key = f"data.eval.benchmarks[{k}]"
         try:
-            name, source, limit = parse_spec(spec)
-        except ValueError:
-            problems.append(f"{key}: expected NAME[=SOURCE][@LIMIT], found {spec!r}")
+            source = parse_benchmark(spec).source
+        except SourceError as exc:
+            problems.append(f"{key}: {exc}")
             continue
-        if limit is not None and limit <= 0:
-            problems.append(f"{key}: expected a positive limit, found {limit} in {spec!r}")
-            continue
-        if source and not source.startswith("builtin:") and local_path(source) is None:
+        if source is not None and source.kind == "hf":
             notes.append(f"{key}: {spec}: a Hugging Face dataset, not checked here (needs the network)")
             continue
         try:

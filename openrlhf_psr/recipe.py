@@ -7,9 +7,15 @@ Face dataset names and the built-in task). Command-line overrides use dotted pat
 
 Sections:
 - ``model``, ``name``, ``seed``: M0 (``default`` = embedded SmolLM2-135M-Instruct), run name, base seed.
-- ``data``: training prompts per iteration, IFT/EFT sources for SFT, evaluation benchmarks and judge sets.
+- ``data``: training prompts per iteration, IFT/EFT sources for SFT, evaluation benchmarks, judge sets and
+  test-time scaling (``data.eval.tts``).
 - ``stages``: SFT and the number of PSR iterations with their prompt counts.
-- ``psr``: plugins by name (``generator``, ``judge``, ``trainer``) with their settings, and the search settings.
+- ``psr``: plugins by name (``generator``, ``judge``, ``trainer``) with their settings, the engine settings
+  (``psr.generator.max_model_len``), the search settings and SRLM's scoring (``psr.srlm``).
+
+The search and evaluation sections *are* the stages' configs: the launcher writes :class:`SearchStageConfig` and
+:class:`EvaluateConfig`, resolved from the recipe, to each stage folder (``config.json``) and the stage reads it
+(``--config FILE``); :class:`openrlhf_psr.search.SearchConfig` is :class:`SearchSpec` plus the prompt format and seed.
 - ``sft`` / ``dpo``: the training hyper-parameters the paper reports, mapped onto upstream flags.
 - ``openrlhf``: upstream flags passed through unchanged, per stage (``sft``, ``dpo``), e.g. ``--ds.zero_stage: 3``.
 - ``resources``: how stages are launched (local processes, or ``ray job submit`` to a cluster).
@@ -23,7 +29,7 @@ import difflib
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
@@ -37,6 +43,7 @@ class RecipeError(UserError, ValueError):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    moved_keys: ClassVar[dict[str, str]] = {}  # an old key -> where it lives now (its error names the new key)
 
     @model_validator(mode="before")
     @classmethod
@@ -44,6 +51,8 @@ class _Section(BaseModel):
         if isinstance(data, dict):
             known = set(cls.model_fields)
             for key in data:
+                if key in cls.moved_keys:
+                    raise ValueError(f"key {key!r} has moved: expected {cls.moved_keys[key]}")
                 if key not in known:
                     close = difflib.get_close_matches(str(key), sorted(known), n=1)
                     hint = f"; did you mean {close[0]!r}?" if close else f"; expected one of {sorted(known)}"
@@ -52,31 +61,148 @@ class _Section(BaseModel):
 
 
 class ProblemSource(_Section):
-    source: str = Field("builtin:arith", description="builtin:arith[?seed=N], a .jsonl/.parquet path, or HF name")
+    source: str = Field(
+        "builtin:arith",
+        description="builtin:arith[?n=N&seed=S&ops=LOW-HIGH&...] | jsonl:PATH | parquet:PATH | "
+        "hf:NAME[:CONFIG][?split=S] (files and datasets: ?limit=N); see openrlhf_psr.data.sources",
+    )
     question_key: str = Field("question", description="field holding the problem text")
     answer_key: str | None = Field("answer", description="field holding the gold answer (None: no gold)")
     answer_rule: Literal["raw", "gsm8k", "boxed", "first"] = Field("raw", description="gold-answer rule")
-    split: str = Field("train", description="split of a HF dataset")
+    split: str = Field("train", description="split of a HF dataset (an hf: source's ?split= wins)")
+
+    @field_validator("source")
+    @classmethod
+    def _source_parses(cls, spec: str) -> str:
+        """The spec is one of the source grammar (an old spelling names the new one), wherever the section is read:
+        the recipe, and the search stage's config and flags."""
+        from openrlhf_psr.data.sources import PROBLEMS, SourceError, parse_source
+
+        try:
+            parse_source(spec, PROBLEMS)
+        except SourceError as exc:
+            raise ValueError(str(exc)) from None
+        return spec
 
 
-class EvalSpec(_Section):
-    benchmarks: list[str] = Field(default_factory=list, description="NAME[=SOURCE][@LIMIT] (see cli.evaluate)")
+DEFAULT_GENERATOR = "vllm"
+DEFAULT_JUDGE = "generative"  # the paper's judge: the recipe's and the search command's default alike
+CHAT_TEMPLATE_DOC = "wrap prompts in the model's chat template (off for base models)"
+
+
+class PluginSpec(_Section):
+    name: str = Field(description="registry name, entry point name, or 'module:attr'")
+    settings: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the plugin")
+
+
+class GeneratorSpec(PluginSpec):
+    """The engine plugin, and the engine settings every stage that starts an engine shares."""
+
+    max_model_len: int = Field(4096, gt=0, description="engine context length (search and evaluation engines)")
+
+
+class SearchSpec(_Section):
+    """Settings of the step-wise search; defaults are the paper's (SPEC) where it gives one.
+
+    :class:`openrlhf_psr.search.SearchConfig` is this section plus the prompt format and the seed; the test-time
+    scaling of evaluation (``data.eval.tts``) takes the same settings.
+    """
+
+    moved_keys: ClassVar[dict[str, str]] = {"max_model_len": "psr.generator.max_model_len"}
+
+    width: int = Field(6, ge=2, description="candidate next steps sampled per round (paper: w = 6)")
+    temperature: float = Field(0.5, ge=0, description="sampling temperature of candidates (paper: 0.5)")
+    top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling of candidates (paper: 0.95)")
+    max_tokens_per_step: int = Field(256, gt=0, description="cap on one candidate step's tokens")
+    max_rounds: int = Field(
+        20, gt=0, description='rounds per problem, rollbacks included (paper: "max iteration number 20")'
+    )
+    max_prompt_tokens: int = Field(
+        3072, gt=0, description="a problem whose prompt plus accepted steps exceed this stops (finish `context`)"
+    )
+    tournament: Literal["round_robin", "knockout"] = Field(
+        "round_robin", description="round_robin (paper) or knockout (w-1 comparisons)"
+    )
+    both_orders: bool = Field(True, description="judge each pair in both orders (SPEC default; the tie rule needs it)")
+    aggregate: Literal["verdict", "prob"] = Field(
+        "verdict", description="verdict (1 / 0.5 / 0) or prob (mean P(better) over both orders; a judge with p_a)"
+    )
+    min_margin: float = Field(0.0, ge=0, description="a best-worst score margin below this counts as a tie")
+    judge_retries: int = Field(
+        1, ge=0, description="extra attempts when the judge or engine raises (then the error propagates; committed "
+        "shards are kept)",
+    )  # fmt: skip
+    filter_wrong: bool = Field(
+        False, description="drop the pairs of trajectories whose final answer is wrong (needs a gold answer; off, as "
+        "in the paper, which never checks answers during the loop)",
+    )  # fmt: skip
+    drop_flagged: bool = Field(
+        False,
+        description="leave out of judging every candidate carrying a verdict marker, chat-template control text or "
+        "a prompt block delimiter (off: they are judged through the guarded prompt, flagged and counted)",
+    )
+
+
+class SRLMSpec(_Section):
+    """The Self-Rewarding LM baseline's scoring (``psr.method: srlm``); its solutions per problem and their sampling
+    are ``psr.search``'s width, temperature and top_p."""
+
+    score_samples: int = Field(3, gt=0, description="sampled judgments averaged per solution (paper: 3)")
+    score_temperature: float = Field(0.7, ge=0, description="sampling temperature of the judgments")
+    score_max_tokens: int = Field(256, gt=0, description="cap on one judgment's tokens")
+
+
+class TTSSpec(SearchSpec):
+    """Test-time scaling (the paper's Tables 5 and 9): the step-wise search instead of greedy decoding on some
+    benchmarks, with the search settings above. With the ``logit`` judge ``aggregate`` defaults to ``prob``."""
+
+    benchmarks: list[str] = Field(default_factory=list, description="benchmark names (of data.eval.benchmarks) to "
+                                  "also run with the search")  # fmt: skip
+    judge: str = Field(DEFAULT_JUDGE, description="judge plugin of the search (paper: generative)")
+
+    @model_validator(mode="after")
+    def _logit_aggregates_probabilities(self):
+        if self.judge == "logit" and "aggregate" not in self.model_fields_set:
+            object.__setattr__(self, "aggregate", "prob")
+        return self
+
+
+class EvalSettings(_Section):
+    """What an evaluation stage does (``openrlhf_psr.cli.evaluate`` reads these from its config)."""
+
+    benchmarks: list[str] = Field(
+        default_factory=list,
+        description="NAME[?limit=N] (<data_root>/NAME/test.jsonl; arith: the built-in task, arith?n=N) | NAME=SOURCE",
+    )
     data_root: str | None = Field(None, description="folder with <benchmark>/test.jsonl (../shared/data/eval)")
-    judge_sets: list[str] = Field(default_factory=list, description="builtin@N | prm800k=PATH[@N]")
+    judge_sets: list[str] = Field(default_factory=list, description="builtin:arith?n=N | prm800k:PATH[?limit=N]")
     judges: list[str] = Field(default_factory=lambda: ["generative", "logit"], description="judges to score")
-    before_training: bool = Field(True, description="also evaluate M0 before any training")
     max_tokens: int = Field(1024, gt=0, description="generation cap per solution")
     judge_max_tokens: int = Field(256, gt=0, description="generative judge explanation cap in evaluation")
     prompt: Literal["step", "qwen_cot"] = Field("step", description="the paper's step prompt or Qwen's CoT prompt")
     fewshot: int = Field(0, ge=0, description="worked examples prepended to each problem (base models)")
+    tts: TTSSpec = Field(default_factory=TTSSpec, description="test-time scaling (off: no benchmarks)")
+
+    @model_validator(mode="after")
+    def _tts_of_benchmarks(self):
+        names = {re.split(r"[=?@]", spec, maxsplit=1)[0] for spec in self.benchmarks}
+        unknown = [name for name in self.tts.benchmarks if name not in names]
+        if unknown:
+            raise ValueError(f"tts.benchmarks: expected names of benchmarks ({sorted(names)}), found {unknown}")
+        return self
+
+
+class EvalSpec(EvalSettings):
+    before_training: bool = Field(True, description="also evaluate M0 before any training")
 
 
 class DataSpec(_Section):
     prompts: ProblemSource = Field(default_factory=ProblemSource, description="training prompts for the search")
-    ift: list[str] = Field(default_factory=list, description="IFT sources: builtin:N | gsm8k:PATH[:N]")
+    ift: list[str] = Field(default_factory=list, description="IFT sources: builtin:arith?n=N | gsm8k:PATH[?limit=N]")
     eft: list[str] = Field(
         default_factory=list,
-        description="EFT sources: builtin:N | prm800k:PATH[:N] | srlm-builtin:N | srlm-gsm8k:PATH[:N] (SRLM scoring)",
+        description="EFT sources: builtin:arith?n=N | prm800k:PATH[?limit=N] | srlm-builtin:arith?n=N | "
+        "srlm-gsm8k:PATH[?limit=N] (SRLM scoring)",
     )
     eval: EvalSpec = Field(default_factory=EvalSpec, description="evaluation after every model")
 
@@ -106,39 +232,23 @@ class StagesSpec(_Section):
         return self
 
 
-class PluginSpec(_Section):
-    name: str = Field(description="registry name, entry point name, or 'module:attr'")
-    settings: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the plugin")
+class SearchSettings(_Section):
+    """The settings of ``psr`` a search stage uses (the stage's config holds exactly these)."""
 
-
-class SearchSpec(_Section):
-    width: int = Field(6, ge=2, description="candidates per step (paper: 6)")
-    temperature: float = Field(0.5, ge=0, description="paper: 0.5")
-    top_p: float = Field(0.95, gt=0, le=1, description="paper: 0.95")
-    max_tokens_per_step: int = Field(256, gt=0, description="cap on one step")
-    max_rounds: int = Field(20, gt=0, description="paper: 20")
-    tournament: Literal["round_robin", "knockout"] = Field("round_robin", description="paper: round robin")
-    both_orders: bool = Field(True, description="judge each pair in both orders")
-    aggregate: Literal["verdict", "prob"] = Field("verdict", description="verdict counting or mean P(better)")
-    min_margin: float = Field(0.0, ge=0, description="best-worst margin below this counts as a tie")
-    filter_wrong: bool = Field(False, description="drop pairs of wrong final answers (off: pure self-reward)")
-    drop_flagged: bool = Field(
-        False,
-        description="leave out of judging every candidate carrying a verdict marker, chat-template control text or "
-        "a prompt block delimiter (off: they are judged through the guarded prompt, flagged and counted)",
-    )
-    max_model_len: int = Field(4096, gt=0, description="engine context length")
-
-
-class PSRSpec(_Section):
     method: Literal["psr", "srlm"] = Field(
         "psr", description="psr: step-wise self-judged search; srlm: the Self-Rewarding LM baseline (whole solutions)"
     )
-    generator: PluginSpec = Field(default_factory=lambda: PluginSpec(name="vllm"), description="engine plugin")
-    judge: PluginSpec = Field(default_factory=lambda: PluginSpec(name="generative"), description="judge plugin")
-    trainer: PluginSpec = Field(default_factory=lambda: PluginSpec(name="step_dpo"), description="trainer plugin")
+    generator: GeneratorSpec = Field(
+        default_factory=lambda: GeneratorSpec(name=DEFAULT_GENERATOR), description="engine plugin"
+    )
+    judge: PluginSpec = Field(default_factory=lambda: PluginSpec(name=DEFAULT_JUDGE), description="judge plugin")
     search: SearchSpec = Field(default_factory=SearchSpec, description="step-wise search settings")
-    chat_template: bool = Field(True, description="wrap prompts in the model's chat template (off for base models)")
+    srlm: SRLMSpec = Field(default_factory=SRLMSpec, description="SRLM scoring (psr.method: srlm)")
+    chat_template: bool = Field(True, description=CHAT_TEMPLATE_DOC)
+
+
+class PSRSpec(SearchSettings):
+    trainer: PluginSpec = Field(default_factory=lambda: PluginSpec(name="step_dpo"), description="trainer plugin")
 
 
 class DPOSpec(_Section):
@@ -172,6 +282,13 @@ class TrainSpec(_Section):
     adam_offload: bool = Field(False, description="Adam states on host RAM (--ds.adam_offload)")
     ref_offload: bool = Field(False, description="DPO: reference parameters on host RAM, ZeRO-3 only (--ref.offload)")
     gradient_checkpointing: bool = Field(False, description="--model.gradient_checkpointing_enable")
+    checkpoint_every: int = Field(
+        0,
+        ge=0,
+        description="a resumable DeepSpeed checkpoint (weights + optimizer states, ~16 bytes per parameter) every N "
+        "optimizer steps (--ckpt.save_steps); 0: none, the stage's model is saved once at its end and a stage "
+        "killed before that restarts from its beginning",
+    )
 
 
 class ClusterSpec(_Section):
@@ -216,6 +333,44 @@ class Recipe(_Section):
         return name
 
 
+class _StageRun(_Section):
+    model: str = Field("default", description="the model: a HF name or path, or `default` (the embedded model)")
+    out: str = Field(description="output folder (resumed when it exists)")
+    seed: int = Field(0, description="base seed")
+
+
+class SearchStageConfig(_StageRun, SearchSettings):
+    """What a search stage reads (``openrlhf-psr search --config FILE``): the launcher writes it, resolved from the
+    recipe, to ``iter_<t>/search/config.json``; by hand every setting is also a flag."""
+
+    problems: ProblemSource = Field(default_factory=ProblemSource, description="the problems to search on")
+    limit: int | None = Field(None, gt=0, description="number of problems (a seeded subset; ignored with subset)")
+    subset: str | None = Field(None, description="START:END of the problems after a seeded shuffle")
+    subset_seed: int = Field(0, description="seed of that shuffle (the same across iterations: disjoint prompts)")
+
+    @field_validator("subset")
+    @classmethod
+    def _start_end(cls, text: str | None) -> str | None:
+        match = re.fullmatch(r"(\d*):(\d*)", text) if text is not None else None
+        if text is not None and (not match or (match[2] and int(match[2]) <= int(match[1] or 0))):
+            raise ValueError(f"expected START:END with 0 <= START < END, found {text!r}")
+        return text
+
+
+class EvaluateConfig(_StageRun, EvalSettings):
+    """What an evaluation stage reads (``openrlhf-psr evaluate --config FILE``): the launcher writes it, resolved
+    from the recipe, to ``<eval dir>/config.json``; by hand every setting is also a flag."""
+
+    chat_template: bool = Field(True, description=CHAT_TEMPLATE_DOC)
+    max_model_len: int = Field(4096, gt=0, description="engine context length (psr.generator.max_model_len)")
+    generator: PluginSpec = Field(
+        default_factory=lambda: PluginSpec(name=DEFAULT_GENERATOR),
+        description="engine plugin (psr.generator, with cluster.eval's engines x TP in its settings)",
+    )
+    tensor_parallel_size: int = Field(1, gt=0, description="GPUs per engine, by hand (above 1: over the settings')")
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1, description="GPU share vLLM may take (by hand)")
+
+
 def apply_override(data: dict, assignment: str) -> dict:
     """Apply ``a.b.c=value`` (value parsed as YAML) to a nested dict, in place.
 
@@ -236,6 +391,8 @@ def apply_override(data: dict, assignment: str) -> dict:
         value = yaml.safe_load(raw)
     except yaml.YAMLError as exc:
         reason = getattr(exc, "problem", None) or type(exc).__name__
+        if "?" in raw and raw.lstrip().startswith(("[", "{")):  # YAML ends a plain word at '?' inside [...] / {...}
+            reason += '; quote source specs with options inside a list, e.g. ["builtin:arith?n=64"]'
         raise RecipeError(f"--set {assignment!r}: expected a YAML value, found {raw!r} ({reason})") from None
     node = data
     for key in keys[:-1]:
@@ -293,7 +450,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     except ValidationError as exc:  # report the sections that did validate in the same go
         raise RecipeError.of(_format_error(str(path), exc) + _section_problems(data, path)) from None
     problems = file_problems(recipe.data, path, recipe.cluster.data_root)
-    problems += plugin_problems(recipe.psr, recipe.data.eval.judges, path)
+    problems += plugin_problems(recipe.psr, recipe.data.eval.judges, path, recipe.data.eval.tts)
     if problems:
         raise RecipeError.of(problems)
     return recipe
@@ -314,36 +471,31 @@ def _section_problems(data: dict, path: Path) -> list[str]:
     except ValidationError:
         pass
     else:
-        problems += plugin_problems(psr, data_spec.eval.judges if data_spec else [], path)
+        problems += plugin_problems(psr, data_spec.eval.judges if data_spec else [], path,
+                                    data_spec.eval.tts if data_spec else None)  # fmt: skip
     return problems
 
 
-def _local_file(spec: str) -> str | None:
-    """The local file a data spec names (``path``, ``kind:path[:n]``, ``name=path[@n]``), or None for the
-    built-in task and Hugging Face dataset names. A piece that looks like a path counts (see
-    :func:`openrlhf_psr.data.problems.local_path`), so a mistyped suffix is a file error, not a dataset name.
+def _parse_data_spec(key: str, spec: str):
+    """The source a ``data`` spec names (:mod:`openrlhf_psr.data.sources`, the kinds its field takes), with the
+    benchmark's name for ``data.eval.benchmarks`` (its source None: the default under the data root).
 
-    >>> _local_file("gsm8k:/d/train.jsonl:200"), _local_file("math500=/d/t.jsonl@10"), _local_file("builtin:64")
-    ('/d/train.jsonl', '/d/t.jsonl', None)
-    >>> _local_file("foo.jsnol"), _local_file("gsm8k@20"), _local_file("openai/gsm8k:main")
-    ('foo.jsnol', None, None)
-    >>> _local_file("srlm-gsm8k:../d/train.jsonl:700")
-    '../d/train.jsonl'"""
-    from openrlhf_psr.data.problems import local_path
+    >>> _parse_data_spec("data.ift[0]", "gsm8k:/d/train.jsonl?limit=200")
+    (None, Source(kind='gsm8k', target='/d/train.jsonl', options=mappingproxy({'limit': 200})))
+    >>> _parse_data_spec("data.eval.benchmarks[0]", "math500=jsonl:d/t.jsonl")[1].path
+    PosixPath('d/t.jsonl')
+    """
+    from openrlhf_psr.data import sources
 
-    if spec.startswith("builtin"):
-        return None
-    body = spec.split("=", 1)[1] if "=" in spec else spec
-    body = body.rsplit("@", 1)[0] if "@" in body and body.rsplit("@", 1)[1].isdigit() else body
-    kind, sep, rest = body.partition(":")
-    candidates = [body]
-    if sep and re.fullmatch(r"[A-Za-z][\w-]*", kind):  # kind:path[:n]
-        rest = rest.rsplit(":", 1)[0] if rest.rsplit(":", 1)[-1].isdigit() else rest
-        candidates.insert(0, rest)
-    for candidate in candidates:
-        if local_path(candidate) is not None:
-            return candidate
-    return None
+    if key.startswith("data.eval.benchmarks"):
+        from openrlhf_psr.eval.benchmarks import BENCHMARKS
+
+        bench = sources.parse_benchmark(spec, names=(*BENCHMARKS, "arith"))
+        return bench.name, bench.source
+    field = key.partition("[")[0]
+    kinds = {"data.prompts.source": sources.PROBLEMS, "data.ift": sources.IFT, "data.eft": sources.EFT,
+             "data.eval.judge_sets": sources.JUDGE_PAIRS}[field]  # fmt: skip
+    return None, sources.parse_source(spec, kinds)
 
 
 BASE_DIR_ENV = "OPENRLHF_PSR_BASE_DIR"
@@ -368,22 +520,35 @@ def data_path(recipe: Recipe, local: str) -> Path:
     return Path(os.path.normpath(base_dir() / root / path))
 
 
-def _with_absolute_file(recipe: Recipe, spec: str) -> str:
-    local = _local_file(spec)
-    return spec.replace(local, str(data_path(recipe, local)), 1) if local else spec
+def _with_absolute_file(recipe: Recipe, key: str, spec: str) -> str:
+    """The spec with its local file's path absolute (see :func:`data_path`); a spec that does not parse is left
+    for the stage to report."""
+    from openrlhf_psr.data.sources import SourceError
+
+    try:
+        name, source = _parse_data_spec(key, spec)
+    except SourceError:
+        return spec
+    if source is None or source.path is None:
+        return spec
+    source = source.with_target(str(data_path(recipe, source.target)))
+    return f"{name}={source}" if name else str(source)
 
 
 def absolute_paths(recipe: Recipe) -> Recipe:
     """The recipe with every local path absolute (data files, the evaluation data root, a local model folder,
     the runs dir), so that a stage reads and writes the same files whatever folder it runs in (a Ray job runs in
     an unpacked copy of the working dir)."""
-    fix = lambda spec: _with_absolute_file(recipe, spec)  # noqa: E731
+
+    def fix(key: str, specs: list[str]) -> list[str]:
+        return [_with_absolute_file(recipe, key, s) for s in specs]
+
     d, ev = recipe.data, recipe.data.eval
     root = ev.data_root and str(data_path(recipe, ev.data_root))
-    eval_spec = ev.model_copy(update={"data_root": root, "benchmarks": [fix(s) for s in ev.benchmarks],
-                                      "judge_sets": [fix(s) for s in ev.judge_sets]})  # fmt: skip
-    prompts = d.prompts.model_copy(update={"source": fix(d.prompts.source)})
-    data = d.model_copy(update={"prompts": prompts, "ift": [fix(s) for s in d.ift], "eft": [fix(s) for s in d.eft],
+    eval_spec = ev.model_copy(update={"data_root": root, "benchmarks": fix("data.eval.benchmarks", ev.benchmarks),
+                                      "judge_sets": fix("data.eval.judge_sets", ev.judge_sets)})  # fmt: skip
+    prompts = d.prompts.model_copy(update={"source": fix("data.prompts.source", [d.prompts.source])[0]})
+    data = d.model_copy(update={"prompts": prompts, "ift": fix("data.ift", d.ift), "eft": fix("data.eft", d.eft),
                                 "eval": eval_spec})  # fmt: skip
     model = recipe.model  # a local folder (relative to the base dir) becomes absolute; a hub name stays
     if (base_dir() / Path(model).expanduser()).is_dir():
@@ -396,12 +561,14 @@ def absolute_paths(recipe: Recipe) -> Recipe:
 
 
 def file_problems(data: DataSpec, path: Path, data_root: str | None = None) -> list[str]:
-    """Every file the recipe's ``data`` section names exists (relative paths under ``cluster.data_root``, see
-    :func:`data_path`) and has a suffix we read."""
+    """Every source spec of the recipe's ``data`` section parses (:mod:`openrlhf_psr.data.sources`: kind, options,
+    file suffix; an old spelling names the new one) and every file it names exists (relative paths under
+    ``cluster.data_root``, see :func:`data_path`)."""
     from types import SimpleNamespace
 
+    from openrlhf_psr.data.sources import SourceError
+
     located = SimpleNamespace(cluster=SimpleNamespace(data_root=data_root))  # what data_path reads of a recipe
-    from openrlhf_psr.data.problems import DATA_SUFFIXES
 
     specs = [("data.prompts.source", data.prompts.source)]
     specs += [(f"data.ift[{i}]", s) for i, s in enumerate(data.ift)]
@@ -410,17 +577,13 @@ def file_problems(data: DataSpec, path: Path, data_root: str | None = None) -> l
     specs += [(f"data.eval.benchmarks[{i}]", s) for i, s in enumerate(data.eval.benchmarks)]
     problems = []
     for key, spec in specs:
-        local = _local_file(spec)
-        if local is None:
+        try:
+            _, source = _parse_data_spec(key, spec)
+        except SourceError as exc:
+            problems.append(f"{path}: {key}: {exc}")
             continue
-        suffix = Path(local).suffix
-        if suffix not in DATA_SUFFIXES:
-            close = difflib.get_close_matches(suffix, DATA_SUFFIXES, n=1, cutoff=0.5)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            found = f"suffix {suffix!r}" if suffix else "no suffix"
-            problems.append(f"{path}: {key}: {local}: expected a .jsonl, .json or .parquet file, found {found}{hint}")
-        elif not data_path(located, local).is_file():
-            problems.append(f"{path}: {key}: file {data_path(located, local)} does not exist")
+        if source is not None and source.path is not None and not data_path(located, source.target).is_file():
+            problems.append(f"{path}: {key}: file {data_path(located, source.target)} does not exist")
     root = data.eval.data_root
     if root and not data_path(located, root).is_dir():
         problems.append(f"{path}: data.eval.data_root: folder {root} does not exist")
@@ -492,7 +655,7 @@ def _trainer_settings_problems(where: str, plugin, settings: dict) -> list[str]:
     return problems
 
 
-def plugin_problems(psr: PSRSpec, eval_judges: list[str], path: Path) -> list[str]:
+def plugin_problems(psr: PSRSpec, eval_judges: list[str], path: Path, tts: TTSSpec | None = None) -> list[str]:
     """Plugin names resolve, and their settings bind to the plugin's own ``from_config``/constructor (as
     ``inspect.signature(...).bind``); evaluation judges are registered names. ``module:attr`` plugins are
     resolved where they run (e.g. under Ray's working_dir) and are only checked when importable here."""
@@ -517,10 +680,12 @@ def plugin_problems(psr: PSRSpec, eval_judges: list[str], path: Path) -> list[st
             continue
         target = getattr(plugin, "settings_signature", None)  # the callable its settings go to, if not the class
         if key == "psr.generator" and hasattr(plugin, "from_config"):
-            fixed = {"seed": 0, "max_model_len": psr.search.max_model_len}
+            fixed = {"seed": 0, "max_model_len": psr.generator.max_model_len}
             clash = sorted(set(fixed) & set(spec.settings))
             if clash:
-                problems.append(f"{where}: {clash} are set by the recipe (seed, psr.search.max_model_len), not here")
+                problems.append(
+                    f"{where}: {clash} are set by the recipe (seed, psr.generator.max_model_len), not here"
+                )
             elif target is not None:
                 problems += _signature_problems(where, target, (model,), {**spec.settings, **fixed})
             else:
@@ -532,11 +697,13 @@ def plugin_problems(psr: PSRSpec, eval_judges: list[str], path: Path) -> list[st
             inherited = plugin.from_config.__qualname__ == "PairwiseJudge.from_config"  # passes all to cls(...)
             problems += _signature_problems(where, plugin.from_config, (None,), settings, then=plugin,
                                             first_supplied=not inherited)  # fmt: skip
-    for k, name in enumerate(eval_judges):
+    named = [(f"data.eval.judges[{k}]", name) for k, name in enumerate(eval_judges)]
+    named += [("data.eval.tts.judge", tts.judge)] if tts is not None and tts.benchmarks else []
+    for key, name in named:
         if ":" in name:
             continue
         try:
             JUDGES.get(name)
         except RegistryError as exc:
-            problems.append(f"{path}: data.eval.judges[{k}]: {exc}")
+            problems.append(f"{path}: {key}: {exc}")
     return problems

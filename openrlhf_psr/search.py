@@ -25,8 +25,10 @@ import statistics
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+from pydantic import Field
 
 from openrlhf_psr.data.problems import Problem
 from openrlhf_psr.engines.base import Engine, Sample, SampleRequest
@@ -35,6 +37,8 @@ from openrlhf_psr.judges.base import Comparison, Judgment, PairwiseJudge
 from openrlhf_psr.judges.guard import candidate_flags, control_strings, special_token_ids
 from openrlhf_psr.pause import pause_at
 from openrlhf_psr.prompts import prompt_token_ids, render_step_prompt
+from openrlhf_psr.recipe import CHAT_TEMPLATE_DOC, SearchSpec
+from openrlhf_psr.records import PairRecord, Step, Trajectory, read_records
 from openrlhf_psr.steps import (
     FinishReason,
     classify_finish,
@@ -49,66 +53,14 @@ from openrlhf_psr.tournament import TournamentResult, TournamentState, make_stat
 
 log = logging.getLogger(__name__)
 
-RECORD_VERSION = 1
 
+class SearchConfig(SearchSpec):
+    """The search settings (``psr.search``, each documented once in :class:`openrlhf_psr.recipe.SearchSpec`) plus
+    the prompt format and the seed, which a recipe holds once for all its stages (``psr.chat_template``, ``seed``).
+    A bad value is a ``pydantic.ValidationError`` (a ``ValueError``) naming the setting."""
 
-@dataclass(frozen=True)
-class SearchConfig:
-    """Settings of the step-wise search; defaults are the paper's (SPEC) where it gives one.
-
-    Attributes:
-        width: candidate next steps sampled per round (paper: w = 6).
-        temperature: sampling temperature of candidates (paper: 0.5).
-        top_p: nucleus sampling of candidates (paper: 0.95).
-        max_tokens_per_step: cap on one candidate step's tokens.
-        max_rounds: rounds per problem, rollbacks included (paper: "max iteration number 20").
-        max_prompt_tokens: a problem whose prompt plus accepted steps exceed this stops (reason ``context``).
-        tournament: ``round_robin`` (paper) or ``knockout`` (w-1 comparisons).
-        both_orders: judge each pair in both orders (SPEC default; the tie rule needs it).
-        aggregate: ``verdict`` (1 / 0.5 / 0) or ``prob`` (mean P(better) over both orders, needs a judge with p_a).
-        min_margin: a best-worst score margin below this counts as a tie.
-        chat_template: wrap the step prompt in the model's chat template.
-        seed: base seed; each problem's round r samples with a seed derived from (seed, problem id, r).
-        judge_retries: extra attempts when the judge or engine raises (then the error propagates; committed
-            shards are kept).
-        filter_wrong: drop the pairs of trajectories whose final answer is wrong (needs a gold answer; off, as
-            in the paper, which never checks answers during the loop).
-        drop_flagged: leave out of the tournament every candidate flagged for text that could steer its judge (a
-            verdict marker, chat-template control text, a prompt block delimiter: ``judges.guard.candidate_flags``).
-            Off: flagged candidates are judged (through the guarded prompt) and only recorded and counted.
-    """
-
-    width: int = 6
-    temperature: float = 0.5
-    top_p: float = 0.95
-    max_tokens_per_step: int = 256
-    max_rounds: int = 20
-    max_prompt_tokens: int = 3072
-    tournament: str = "round_robin"
-    both_orders: bool = True
-    aggregate: str = "verdict"
-    min_margin: float = 0.0
-    chat_template: bool = True
-    seed: int = 0
-    judge_retries: int = 1
-    filter_wrong: bool = False
-    drop_flagged: bool = False
-
-    def __post_init__(self):
-        if self.width < 2:
-            raise ValueError(f"width must be >= 2 to form a pair, got {self.width}")
-        if self.tournament not in ("round_robin", "knockout"):
-            raise ValueError(f"tournament {self.tournament!r}: expected round_robin or knockout")
-        if self.aggregate not in ("verdict", "prob"):
-            raise ValueError(f"aggregate {self.aggregate!r}: expected verdict or prob")
-
-
-@dataclass
-class Step:
-    token_ids: list[int]
-    text: str
-    finish: str  # FinishReason value
-    final: bool
+    chat_template: bool = Field(True, description=CHAT_TEMPLATE_DOC)
+    seed: int = Field(0, description="base seed; round r of a problem samples with a seed of (seed, problem id, r)")
 
 
 @dataclass
@@ -118,7 +70,7 @@ class _Problem:
     problem: Problem
     prompt_ids: list[int]
     steps: list[Step] = field(default_factory=list)
-    pairs: list[dict | None] = field(default_factory=list)  # pairs[k] is the pair that accepted steps[k]
+    pairs: list[PairRecord | None] = field(default_factory=list)  # pairs[k] is the pair that accepted steps[k]
     rounds: list[dict] = field(default_factory=list)
     rollbacks: int = 0
     finish: str | None = None
@@ -191,14 +143,14 @@ class StepSearch:
         self,
         engine: Engine,
         judge: PairwiseJudge,
-        config: SearchConfig = SearchConfig(),
+        config: SearchConfig | None = None,
         *,
         model_id: str = "",
         grader: Callable[[str | None, str | None], bool | None] | None = None,
     ):
         self.engine = engine
         self.judge = judge
-        self.config = config
+        self.config = config if config is not None else SearchConfig()
         self.model_id = model_id
         if grader is None:
             from openrlhf_psr.grading import is_correct as grader
@@ -324,15 +276,7 @@ class StepSearch:
             per_problem: dict[int, list] = {}
             for (k, i, j), judgment in zip(batch, judgments, strict=True):
                 per_problem.setdefault(k, []).append(judgment.verdict)
-                calls[k].append(
-                    {
-                        "a": uniques[k][i],
-                        "b": uniques[k][j],
-                        "winner": judgment.verdict.winner,
-                        "p_a": judgment.verdict.p_a,
-                        "raw": judgment.raw,
-                    }
-                )
+                calls[k].append({"a": uniques[k][i], "b": uniques[k][j], **judgment.to_json()})
             for k, verdicts in per_problem.items():
                 states[k].submit(verdicts)
         return [s.result() for s in states], uniques, calls
@@ -342,7 +286,7 @@ class StepSearch:
         record = {
             "round": len(p.rounds),
             "prefix_steps": len(p.steps),
-            "candidates": [asdict(c) for c in cands],
+            "candidates": [c.to_json() for c in cands],
             "flags": [self._flags(c) for c in cands],  # per candidate: what could steer its judge
             "unique": unique,
             "judge_calls": calls,
@@ -372,24 +316,23 @@ class StepSearch:
             best, worst = cands[unique[result.best]], cands[unique[result.worst]]
             record.update(action="accept", chosen=unique[result.best], rejected=unique[result.worst])
             p.pairs.append(
-                {
-                    "version": RECORD_VERSION,
-                    "problem_id": p.problem.id,
-                    "round": len(p.rounds),
-                    "step_index": len(p.steps),
-                    "prompt_ids": p.prefix_ids(),
-                    "question": p.problem.question,
-                    "prefix_steps": [s.text for s in p.steps],
-                    "chosen_ids": best.token_ids,
-                    "rejected_ids": worst.token_ids,
-                    "chosen": best.text,
-                    "rejected": worst.text,
-                    "chosen_is_final": best.final,
-                    "rejected_is_final": worst.final,
-                    "scores": [result.scores[result.best], result.scores[result.worst]],
-                    "margin": result.margin,
-                    "model_id": self.model_id,
-                }
+                PairRecord(
+                    problem_id=p.problem.id,
+                    round=len(p.rounds),
+                    step_index=len(p.steps),
+                    prompt_ids=p.prefix_ids(),
+                    chosen_ids=best.token_ids,
+                    rejected_ids=worst.token_ids,
+                    question=p.problem.question,
+                    prefix_steps=[s.text for s in p.steps],
+                    chosen=best.text,
+                    rejected=worst.text,
+                    chosen_is_final=best.final,
+                    rejected_is_final=worst.final,
+                    scores=[result.scores[result.best], result.scores[result.worst]],
+                    margin=result.margin,
+                    model_id=self.model_id,
+                )
             )
             p.steps.append(best)
         p.rounds.append(record)
@@ -412,24 +355,24 @@ class StepSearch:
         return candidate_flags(step.text, control, step.token_ids, specials, eos)
 
     # -- records ---------------------------------------------------------------------------------------------
-    def _trajectory(self, p: _Problem) -> dict:
+    def _trajectory(self, p: _Problem) -> Trajectory:
         answer = extract_boxed(p.steps[-1].text) if p.steps else None
-        return {
-            "version": RECORD_VERSION,
-            "problem_id": p.problem.id,
-            "question": p.problem.question,
-            "gold": p.problem.answer,
-            "prompt_ids": p.prompt_ids,
-            "steps": [asdict(s) for s in p.steps],
-            "final_answer": answer,
-            "correct": self.grader(answer, p.problem.answer),
-            "finish": p.finish,
-            "rollbacks": p.rollbacks,
-            "rounds": p.rounds,
-            "model_id": self.model_id,
-            "seed": self.config.seed,
-            "config": asdict(self.config),
-        }
+        return Trajectory(
+            method="psr",
+            problem_id=p.problem.id,
+            question=p.problem.question,
+            gold=p.problem.answer,
+            prompt_ids=p.prompt_ids,
+            steps=list(p.steps),
+            final_answer=answer,
+            correct=self.grader(answer, p.problem.answer),
+            finish=p.finish,
+            rollbacks=p.rollbacks,
+            rounds=p.rounds,
+            model_id=self.model_id,
+            seed=self.config.seed,
+            config=self.config.model_dump(),
+        )
 
     # -- driver ----------------------------------------------------------------------------------------------
     def run(self, problems: Sequence[Problem], out_dir: str | Path, *, progress: bool = True) -> dict:
@@ -464,13 +407,13 @@ class StepSearch:
             if finished:
                 trajectories = [self._trajectory(p) for p in finished]
                 pairs = [
-                    pair
+                    pair.to_json()
                     for p, t in zip(finished, trajectories, strict=True)
-                    if not (self.config.filter_wrong and t["correct"] is False)
+                    if not (self.config.filter_wrong and t.correct is False)
                     for pair in p.pairs
                     if pair is not None
                 ]
-                store.commit({"pairs": pairs, "trajectories": trajectories})
+                store.commit({"pairs": pairs, "trajectories": [t.to_json() for t in trajectories]})
                 pause_at("search-commit")  # kill-and-resume tests only (OPENRLHF_PSR_PAUSE_AT)
                 bar.update(len(finished))
             active = [p for p in active if not p.finish]
@@ -503,34 +446,45 @@ def _unique_valid(cands: list[Step]) -> list[int]:
 
 
 def summarize(store: ShardStore, tokenizer=None) -> dict:
-    """Statistics over everything committed in a search directory (SPEC: pairs, rollbacks, abstentions, ...)."""
-    trajectories = list(store.read("trajectories"))
-    n_pairs = sum(1 for _ in store.read("pairs"))
-    steps = [len(t["steps"]) for t in trajectories]
-    step_tokens = [len(s["token_ids"]) for t in trajectories for s in t["steps"]]
-    rounds = [r for t in trajectories for r in t["rounds"]]
+    """Statistics over everything committed in a search directory (SPEC: pairs, rollbacks, abstentions, ...).
+
+    Step-wise search (``psr``) and SRLM trajectories are both read (:class:`~openrlhf_psr.records.Trajectory`):
+    problems, pairs, boxed rate, accuracy and finish reasons count every trajectory; the step, round and judge
+    statistics come from the step-wise search's alone and are None when it has none (an SRLM output has no steps
+    and no pairwise judge calls). A malformed row is a one-line error naming its shard, record and field.
+    """
+    trajectories = list(read_records(store.read_located("trajectories"), Trajectory))
+    n_pairs = sum(1 for _ in read_records(store.read_located("pairs"), PairRecord))
+    psr = [t for t in trajectories if t.method == "psr"]
+    steps = [len(t.steps) for t in psr]
+    step_tokens = [len(s.token_ids) for t in psr for s in t.steps]
+    rounds = [r for t in psr for r in t.rounds]
     calls = sum(len(r["judge_calls"]) for r in rounds)
     both = sum(r["n_pairs_both_orders"] for r in rounds)
-    graded = [t["correct"] for t in trajectories if t["correct"] is not None]
-    accepted = sum(1 for r in rounds if r["action"] in ("accept", "accept_unanimous"))
+    graded = [t.correct for t in trajectories if t.correct is not None]
+    accepted = sum(t.accepted for t in psr)
     flags = [f for r in rounds for fl in r.get("flags", ()) for f in fl]  # records before flags had none
     finishes: dict[str, int] = {}
+    methods: dict[str, int] = {}
     for t in trajectories:
-        finishes[t["finish"]] = finishes.get(t["finish"], 0) + 1
+        finishes[str(t.finish)] = finishes.get(str(t.finish), 0) + 1
+        methods[t.method] = methods.get(t.method, 0) + 1
+    no_steps = None if trajectories and not psr else 0.0  # SRLM only: no step statistics at all
     return {
         "problems": len(trajectories),
+        "methods": methods,
         "pairs": n_pairs,
         "pairs_per_problem": n_pairs / len(trajectories) if trajectories else 0.0,
-        "rollbacks": sum(t["rollbacks"] for t in trajectories),
+        "rollbacks": sum(t.rollbacks for t in trajectories),
         "rounds": len(rounds),
         "judge_calls": calls,
         "judge_calls_per_accepted_step": calls / accepted if accepted else None,
         "abstentions": sum(r["n_abstentions"] for r in rounds),
         "abstention_rate": sum(r["n_abstentions"] for r in rounds) / calls if calls else None,
         "position_consistency": sum(r["n_consistent"] for r in rounds) / both if both else None,
-        "mean_steps": statistics.fmean(steps) if steps else 0.0,
-        "mean_step_tokens": statistics.fmean(step_tokens) if step_tokens else 0.0,
-        "boxed_rate": sum(t["final_answer"] is not None for t in trajectories) / len(trajectories)
+        "mean_steps": statistics.fmean(steps) if steps else no_steps,
+        "mean_step_tokens": statistics.fmean(step_tokens) if step_tokens else no_steps,
+        "boxed_rate": sum(t.final_answer is not None for t in trajectories) / len(trajectories)
         if trajectories
         else 0.0,
         "accuracy": sum(graded) / len(graded) if graded else None,

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import re
 import statistics
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from openrlhf_psr.data.problems import Problem
@@ -19,6 +19,7 @@ from openrlhf_psr.engines.base import Engine, SampleRequest
 from openrlhf_psr.io import ShardStore
 from openrlhf_psr.judges.guard import guarded_prompt_ids
 from openrlhf_psr.prompts import prompt_token_ids, render_srlm_prompt, render_step_prompt
+from openrlhf_psr.records import PairRecord, Trajectory
 from openrlhf_psr.steps import extract_boxed
 
 # After the last "Score:": optional bold, one digit 0..5 (optionally "/5"), and then no further digit, decimal part
@@ -90,8 +91,23 @@ class SRLMScorer:
         return out
 
 
-def srlm_pairs(engine: Engine, problems: Sequence[Problem], out_dir: str | Path, config: SRLMConfig = SRLMConfig()):
-    """Write SRLM pairs and trajectories for every problem not yet committed; returns (pairs, problems) written."""
+def srlm_pairs(
+    engine: Engine,
+    problems: Sequence[Problem],
+    out_dir: str | Path,
+    config: SRLMConfig = SRLMConfig(),
+    *,
+    model_id: str = "",
+    grader: Callable[[str | None, str | None], bool | None] | None = None,
+):
+    """Write SRLM pairs and trajectories for every problem not yet committed; returns (pairs, problems) written.
+
+    Records are the step-wise search's (:mod:`openrlhf_psr.records`): a :class:`PairRecord` whose steps are whole
+    solutions, and a :class:`Trajectory` with ``method="srlm"`` holding every solution, its mean score and finish
+    reason; its ``final_answer`` is the first solution's (an unbiased sample), graded by ``grader`` (default: the
+    grading pool's ``is_correct``), so ``search.summarize`` and the report read SRLM output like a search's."""
+    if grader is None:
+        from openrlhf_psr.grading import is_correct as grader
     store = ShardStore(out_dir)
     done = {t["problem_id"] for t in store.read("trajectories")}
     todo = [p for p in problems if p.id not in done]
@@ -111,21 +127,34 @@ def srlm_pairs(engine: Engine, problems: Sequence[Problem], out_dir: str | Path,
     for k, (p, ids, sols) in enumerate(zip(todo, prompts, solutions, strict=True)):
         mine = scores[k * config.n : (k + 1) * config.n]
         ranked = [(s, i) for i, s in enumerate(mine) if s is not None]
-        record = {"problem_id": p.id, "question": p.question, "gold": p.answer, "scores": mine,
-                  "solutions": [s.text for s in sols], "finish": [s.finish_reason for s in sols]}  # fmt: skip
         if len(ranked) >= 2:
             (best_score, best), (worst_score, worst) = max(ranked), min(ranked)
             if best_score > worst_score and sols[best].text.strip() != sols[worst].text.strip():
                 chosen, rejected = _with_eos(sols[best].token_ids, tok), _with_eos(sols[worst].token_ids, tok)
-                pairs.append({"version": 1, "problem_id": p.id, "round": 0, "step_index": 0, "prompt_ids": ids,
-                              "question": p.question, "prefix_steps": [], "chosen_ids": chosen,
-                              "rejected_ids": rejected,
-                              "chosen": sols[best].text, "rejected": sols[worst].text, "chosen_is_final": True,
-                              "rejected_is_final": True, "scores": [best_score, worst_score],
-                              "margin": best_score - worst_score, "model_id": ""})  # fmt: skip
-        record["final_answer"] = extract_boxed(sols[0].text) if sols else None
-        trajectories.append(record)
-    store.commit({"pairs": pairs, "trajectories": trajectories})
+                pairs.append(PairRecord(p.id, 0, 0, list(ids), chosen, rejected, question=p.question,
+                                        chosen=sols[best].text, rejected=sols[worst].text, chosen_is_final=True,
+                                        rejected_is_final=True, scores=[best_score, worst_score],
+                                        margin=best_score - worst_score, model_id=model_id))  # fmt: skip
+        answer = extract_boxed(sols[0].text) if sols else None
+        trajectories.append(
+            Trajectory(
+                p.id,
+                p.question,
+                p.answer,
+                list(ids),
+                final_answer=answer,
+                correct=grader(answer, p.answer),
+                finish=("final" if sols[0].finish_reason == "stop" else "length") if sols else None,
+                model_id=model_id,
+                seed=config.seed,
+                config=config.model_dump() if hasattr(config, "model_dump") else asdict(config),
+                method="srlm",
+                solutions=[s.text for s in sols],
+                scores=mine,
+                solution_finish=[s.finish_reason for s in sols],
+            )
+        )
+    store.commit({"pairs": [r.to_json() for r in pairs], "trajectories": [t.to_json() for t in trajectories]})
     return len(pairs), len(todo)
 
 

@@ -1,4 +1,4 @@
-r"""The ``Step n:`` solution format: render, parse, stop strings, finished or not, final answer.
+r"""The ``Step n:`` solution format: render, parse, stop strings, finished or not, the boxed answer.
 
 A solution is a list of steps, each one line-initial ``Step n: <text>`` (the text may span several lines), joined
 with ``"\n"``. The step-wise search generates **one step at a time** after the accepted prefix, so this module also
@@ -17,16 +17,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from enum import Enum
 
 __all__ = [
     "FinishReason",
-    "StepLimits",
     "classify_finish",
     "detect_repetition",
     "extract_boxed",
-    "final_answer",
     "format_step",
     "is_final_step",
     "normalize_candidate",
@@ -55,25 +52,6 @@ class FinishReason(str, Enum):
         return self.value
 
     __format__ = str.__format__
-
-
-@dataclass(frozen=True)
-class StepLimits:
-    """Budget of the step-wise search for one problem.
-
-    Attributes:
-        max_tokens_per_step: ``max_tokens`` of one candidate step's generation; a step that reaches it finishes
-            with :attr:`FinishReason.LENGTH` (truncated, never final unless it already holds a ``\boxed{}``).
-        max_steps: at most this many search rounds per problem, each proposing one step; a round that ends in a
-            tie and rolls back counts too. The paper's "max iteration number 20".
-    """
-
-    max_tokens_per_step: int = 256
-    max_steps: int = 20
-
-    def __post_init__(self) -> None:
-        if self.max_tokens_per_step < 1 or self.max_steps < 1:
-            raise ValueError(f"StepLimits must be positive, got {self}")
 
 
 # A line-initial step marker, in the variants models write: "Step 2:", "Step 2.", "Step 2)", "Step 2 -",
@@ -281,15 +259,6 @@ def is_final_step(text: str, finish_reason: str | None) -> bool:
     (True, False)
     """
     return finish_reason == FinishReason.EOS or extract_boxed(text) is not None
-
-
-def final_answer(steps: Sequence[str]) -> str | None:
-    r"""The solution's final answer: the last ``\boxed{}`` over all its steps.
-
-    >>> final_answer(["Step 1: x = 2", r"Step 2: so $\boxed{2}$"])
-    '2'
-    """
-    return extract_boxed(render_solution(steps))
 
 
 def detect_repetition(steps: Sequence[str]) -> bool:

@@ -11,23 +11,25 @@ plus the choices the paper leaves open (SPEC.md):
   P(better) over the two orders exceeds 0.5 (a logit judge that always *says* A can still rank by probability).
 - **Abstentions** (no parseable verdict): if one order abstains the other decides alone; if both do, 0.5 each.
   They are counted, never fatal.
-- **Duplicates** are merged before judging (:func:`dedupe`): comparing a text with itself wastes two judge calls.
+- **Duplicates** are merged by the caller before judging (the search's ``_unique_valid``): comparing a text with
+  itself wastes two judge calls. A tournament's indices are those of the distinct candidates it was given.
 - **Knockout** is a cheaper bracket (w-1 pairs instead of w(w-1)/2) whose agreement with round robin is measured
   elsewhere.
 
 Tournaments are state machines (:class:`RoundRobinState`, :class:`KnockoutState`): ``pending()`` lists the ordered
 comparisons of the current round, ``submit()`` takes their verdicts, until ``done``. The search driver advances the
 states of many problems together so that each round's judge prompts of all problems go to the engine as one batch.
-:func:`run_tournament` is the one-problem convenience loop around them.
 """
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Literal
+
+# the verdict types and the both-order aggregation live with the other records; re-exported here
+from openrlhf_psr.records import Aggregate, PairOutcome, Verdict, aggregate_pair
 
 __all__ = [
     "Aggregate",
@@ -39,63 +41,13 @@ __all__ = [
     "Verdict",
     "aggregate_pair",
     "choose",
-    "dedupe",
     "make_state",
     "round_robin_pairs",
-    "run_tournament",
     "score",
 ]
 
-Aggregate = Literal["verdict", "prob"]
 Method = Literal["round_robin", "knockout"]
 _EPS = 1e-9
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """The judge's answer to one ordered comparison: candidate i shown as A, candidate j shown as B.
-
-    Attributes:
-        winner: ``"A"``, ``"B"``, or ``None`` for an abstention (no parseable verdict).
-        p_a: the judge's probability that A is better (logit judges), or ``None``. A NaN is kept but treated as
-            missing by :func:`aggregate_pair`, so one bad forward pass cannot stop a search.
-    """
-
-    winner: Literal["A", "B"] | None
-    p_a: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.winner not in ("A", "B", None):
-            raise ValueError(f"winner must be 'A', 'B' or None, got {self.winner!r}")
-        if self.p_a is not None and not math.isnan(self.p_a) and not 0.0 <= self.p_a <= 1.0:
-            raise ValueError(f"p_a must be a probability, got {self.p_a!r}")
-
-
-@dataclass(frozen=True)
-class PairOutcome:
-    """The result of the unordered pair {i, j} after its comparisons (usually both orders).
-
-    Attributes:
-        i, j: the candidates; ``(i, j)`` was the order with i shown as A.
-        score_i, score_j: their wins from this pair (1/0, 0/1 or 0.5/0.5).
-        consistent: both orders gave a verdict and named the same candidate.
-        decided_both: both orders gave a verdict, so the pair counts in the position-consistency rate.
-        n_abstentions: comparisons of this pair that contributed nothing (no verdict, and no probability used).
-        p_i: mean P(i better) over the orders when ``aggregate="prob"`` decided the pair, else ``None``.
-    """
-
-    i: int
-    j: int
-    score_i: float
-    score_j: float
-    consistent: bool
-    decided_both: bool
-    n_abstentions: int
-    p_i: float | None = None
-
-    @property
-    def is_draw(self) -> bool:
-        return abs(self.score_i - self.score_j) <= _EPS
 
 
 @dataclass(frozen=True)
@@ -108,7 +60,7 @@ class TournamentResult:
 
     Attributes:
         best, worst: candidate indices (chosen / rejected), or both ``None`` (roll back).
-        scores: wins per candidate (duplicates share their representative's score).
+        scores: wins per candidate.
         margin: best minus worst score: of the chosen pair, or of the pair that fell short of ``min_margin``
             (0.0 on a tie).
         n_comparisons: ordered judge comparisons made (judge calls).
@@ -118,7 +70,7 @@ class TournamentResult:
         is_tie: no preference at all: all scores equal (round robin), every match drawn (knockout), or fewer than
             two distinct candidates. With a single distinct candidate (``n_unique == 1``) the model is unanimous;
             whether to accept it without a pair is the caller's choice.
-        n_unique: distinct candidates after :func:`dedupe`.
+        n_unique: the candidates judged (distinct: the caller merges duplicates).
         outcomes: every judged pair, for the trajectory log.
         below_margin: the candidates differ, but by less than ``min_margin``.
     """
@@ -154,37 +106,6 @@ class TournamentResult:
         """Share of pairs whose two orders agreed, among pairs where both orders gave a verdict."""
         return self.n_consistent / self.n_pairs_both_orders if self.n_pairs_both_orders else None
 
-    def remap(self, unique_indices: Sequence[int], mapping: Sequence[int]) -> TournamentResult:
-        """Translate a result over deduplicated candidates back to the original candidate indices."""
-
-        def orig(k: int | None) -> int | None:
-            return None if k is None else unique_indices[k]
-
-        outcomes = tuple(replace(o, i=unique_indices[o.i], j=unique_indices[o.j]) for o in self.outcomes)
-        scores = tuple(self.scores[u] for u in mapping)
-        return replace(self, best=orig(self.best), worst=orig(self.worst), scores=scores, outcomes=outcomes)
-
-
-def dedupe(candidates: Sequence[str]) -> tuple[list[int], list[int]]:
-    """Merge candidates that are equal after whitespace normalisation.
-
-    Returns ``(unique_indices, mapping)``: the index of each distinct text's first occurrence, and for every
-    candidate k the position of its text in ``unique_indices`` (so ``unique_indices[mapping[k]]`` represents k).
-
-    >>> dedupe(["x = 1", "y", "x  =\\n1", "z"])
-    ([0, 1, 3], [0, 1, 0, 2])
-    """
-    unique_indices: list[int] = []
-    position: dict[str, int] = {}
-    mapping: list[int] = []
-    for k, text in enumerate(candidates):
-        key = " ".join(text.split())
-        if key not in position:
-            position[key] = len(unique_indices)
-            unique_indices.append(k)
-        mapping.append(position[key])
-    return unique_indices, mapping
-
 
 def round_robin_pairs(n: int, both_orders: bool = True) -> list[tuple[int, int]]:
     """Ordered comparisons (i shown as A, j as B) of a round robin over n candidates.
@@ -201,55 +122,6 @@ def _ordered(pairs: Sequence[tuple[int, int]], both_orders: bool) -> list[tuple[
     if not both_orders:
         return list(pairs)
     return [c for i, j in pairs for c in ((i, j), (j, i))]
-
-
-def _usable(p: float | None) -> bool:
-    return p is not None and not math.isnan(p)
-
-
-def aggregate_pair(
-    i: int, j: int, ij: Verdict, ji: Verdict | None = None, *, aggregate: Aggregate = "verdict"
-) -> PairOutcome:
-    """Combine the verdicts of pair {i, j}: ``ij`` with i shown as A, ``ji`` (optional) with j shown as A.
-
-    >>> aggregate_pair(0, 1, Verdict("A"), Verdict("B"))  # both orders prefer 0
-    PairOutcome(i=0, j=1, score_i=1.0, score_j=0.0, consistent=True, decided_both=True, n_abstentions=0, p_i=None)
-    >>> o = aggregate_pair(0, 1, Verdict("A"), Verdict("A"))  # position bias: each order says "A"
-    >>> o.score_i, o.score_j, o.consistent
-    (0.5, 0.5, False)
-    >>> o = aggregate_pair(0, 1, Verdict(None), Verdict("A"))  # one abstention: the other order decides
-    >>> o.score_i, o.score_j, o.n_abstentions
-    (0.0, 1.0, 1)
-    >>> o = aggregate_pair(0, 1, Verdict("A", p_a=0.6), Verdict("A", p_a=0.55), aggregate="prob")
-    >>> o.score_i, round(o.p_i, 3)  # mean P(0 better) = (0.6 + 0.45) / 2 > 0.5
-    (1.0, 0.525)
-    """
-    if aggregate not in ("verdict", "prob"):
-        raise ValueError(f"aggregate must be 'verdict' or 'prob', got {aggregate!r}")
-    # Each order's vote, as a candidate index.
-    vote_ij = {"A": i, "B": j}.get(ij.winner) if ij.winner else None
-    vote_ji = {"A": j, "B": i}.get(ji.winner) if ji is not None and ji.winner else None
-    decided_both = ji is not None and vote_ij is not None and vote_ji is not None
-    consistent = decided_both and vote_ij == vote_ji
-
-    if aggregate == "prob" and _usable(ij.p_a) and (ji is None or _usable(ji.p_a)):
-        probs = [ij.p_a] if ji is None else [ij.p_a, 1.0 - ji.p_a]  # type: ignore[operator]
-        p_i = sum(probs) / len(probs)  # type: ignore[arg-type]
-        if p_i > 0.5 + _EPS:
-            s_i = 1.0
-        elif p_i < 0.5 - _EPS:
-            s_i = 0.0
-        else:
-            s_i = 0.5
-        return PairOutcome(i, j, s_i, 1.0 - s_i, consistent, decided_both, 0, p_i)
-
-    votes = [v for v in (vote_ij, vote_ji) if v is not None]
-    n_abstentions = (vote_ij is None) + (ji is not None and vote_ji is None)
-    if not votes or (len(votes) == 2 and votes[0] != votes[1]):
-        s_i = 0.5  # no information, or the two orders contradict each other
-    else:
-        s_i = 1.0 if votes[0] == i else 0.0
-    return PairOutcome(i, j, s_i, 1.0 - s_i, consistent, decided_both, n_abstentions)
 
 
 def score(outcomes: Sequence[PairOutcome], n: int | None = None) -> list[float]:
@@ -481,33 +353,3 @@ def make_state(
     if method not in states:
         raise ValueError(f"unknown tournament {method!r}; expected one of {sorted(states)}")
     return states[method](n, both_orders=both_orders, aggregate=aggregate, min_margin=min_margin)
-
-
-def run_tournament(
-    candidates: Sequence[str],
-    judge: Callable[[list[tuple[str, str]]], Sequence[Verdict]],
-    *,
-    method: Method = "round_robin",
-    both_orders: bool = True,
-    aggregate: Aggregate = "verdict",
-    min_margin: float = 0.0,
-) -> TournamentResult:
-    """Run one problem's tournament: dedupe, then judge round by round with ``judge``.
-
-    ``judge`` takes a batch of ``(text shown as A, text shown as B)`` and returns one :class:`Verdict` each. The
-    result's indices refer to ``candidates``; a duplicated text is represented by its first occurrence.
-
-    >>> longer_wins = lambda pairs: [Verdict("A" if len(a) > len(b) else "B") for a, b in pairs]
-    >>> r = run_tournament(["bb", "a", "ccc", "a "], longer_wins)
-    >>> r.best, r.worst, r.scores, r.n_unique, r.n_comparisons
-    (2, 1, (1.0, 0.0, 2.0, 0.0), 3, 6)
-    """
-    unique_indices, mapping = dedupe(candidates)
-    state = make_state(
-        method, len(unique_indices), both_orders=both_orders, aggregate=aggregate, min_margin=min_margin
-    )
-    while not state.done:
-        pairs = state.pending()
-        texts = [(candidates[unique_indices[i]], candidates[unique_indices[j]]) for i, j in pairs]
-        state.submit(judge(texts))
-    return state.result().remap(unique_indices, mapping)

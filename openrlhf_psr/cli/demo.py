@@ -10,9 +10,9 @@ from openrlhf_psr.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--runs-dir", default="runs", help="runs go to RUNS_DIR/tiny_cpu/ (default: runs)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override, repeatable")
-    parser.add_argument("--dry-run", action="store_true", help="preflight, print each stage's command, run nothing")
+    from openrlhf_psr.cli.run import add_run_options
+
+    add_run_options(parser)
 
 
 def tiny_cpu_recipe() -> Path:
@@ -25,8 +25,7 @@ def tiny_cpu_recipe() -> Path:
 def run(args: argparse.Namespace) -> int:
     from openrlhf_psr.cli import run as run_command
 
-    return run_command.run(argparse.Namespace(recipe=str(tiny_cpu_recipe()), set=args.set, runs_dir=args.runs_dir,
-                                              dry_run=args.dry_run))  # fmt: skip
+    return run_command.run(argparse.Namespace(recipe=str(tiny_cpu_recipe()), **vars(args)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,12 +1,18 @@
 """``python -m openrlhf_psr.cli.evaluate``: greedy accuracy, format-following, step statistics and judge accuracy
 of one model, written to ``OUT/eval.json`` (one engine for everything).
 
-Benchmarks are ``NAME[=SOURCE][@LIMIT]``: a paper benchmark under ``--data-root`` (e.g. ``gsm8k@50``), a paper
-benchmark from another file or dataset (``math500=/path/test.jsonl``), or the built-in task (``arith@24``).
-Judge sets are ``builtin@N`` or ``prm800k=PATH[@N]``; judges are registry names (``generative``, ``logit``).
+Benchmarks are ``NAME[?OPTIONS]`` or ``NAME=SOURCE`` (:mod:`openrlhf_psr.data.sources`): a paper benchmark under
+``--data-root`` (e.g. ``gsm8k?limit=50``), a paper benchmark from another file or dataset
+(``math500=jsonl:/path/test.jsonl``), or the built-in task (``arith?n=24``, seed 7 unless given). Judge sets are
+sources: ``builtin:arith?n=N`` (seed 1000 unless given) or ``prm800k:PATH[?limit=N]``; judges are registry names
+(``generative``, ``logit``).
 A killed evaluation resumes: every finished benchmark and judge set is kept whole under ``OUT/parts/`` and reused
 while the model's files and the settings are unchanged (:mod:`openrlhf_psr.eval.parts`); test-time scaling resumes
 from its search shards.
+
+Settings (:class:`openrlhf_psr.recipe.EvaluateConfig`): ``--config FILE`` (the launcher's ``<eval dir>/config.json``),
+then ``--set KEY.PATH=VALUE``, then one flag per setting (``--benchmark`` and ``--judge`` repeat; the test-time
+scaling ones are ``--tts-benchmark``, ``--tts-judge`` and ``--tts-`` plus any search setting, e.g. ``--tts-width``).
 """
 
 from __future__ import annotations
@@ -17,121 +23,140 @@ import time
 from pathlib import Path
 
 from openrlhf_psr.errors import UserError
+from openrlhf_psr.recipe import EvaluateConfig
 
 
-def parse_spec(spec: str) -> tuple[str, str | None, int | None]:
-    """``name[=source][@limit]``.
+def parse_benchmark(spec: str):
+    """A ``--benchmark`` spec parsed (:func:`openrlhf_psr.data.sources.parse_benchmark`), its name checked.
 
-    >>> parse_spec("gsm8k@50"), parse_spec("arith"), parse_spec("math500=/d/t.jsonl@10")
-    (('gsm8k', None, 50), ('arith', None, None), ('math500', '/d/t.jsonl', 10))
+    >>> str(parse_benchmark("gsm8k?limit=50")), parse_benchmark("math500=jsonl:/d/t.jsonl?limit=10").name
+    ('gsm8k?limit=50', 'math500')
     """
-    body, _, limit = spec.rpartition("@") if "@" in spec else (spec, "", "")
-    name, _, source = body.partition("=")
-    return name, source or None, int(limit) if limit else None
+    from openrlhf_psr.data import sources
+    from openrlhf_psr.eval.benchmarks import BENCHMARKS
+
+    return sources.parse_benchmark(spec, names=(*BENCHMARKS, "arith"))
 
 
 def load_eval_problems(spec: str, data_root: str | None, seed: int):
     from openrlhf_psr.data.problems import load_problems
-    from openrlhf_psr.eval.benchmarks import BENCHMARKS, load_benchmark
+    from openrlhf_psr.eval.benchmarks import load_benchmark
 
-    name, source, limit = parse_spec(spec)
-    if name != "arith" and name not in BENCHMARKS:
-        import difflib
-
-        close = difflib.get_close_matches(name, [*BENCHMARKS, "arith"], n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        known = ", ".join([*BENCHMARKS, "arith"])
-        raise UserError(f"benchmark {spec!r}: expected one of {known}, found {name!r}{hint}")
-    if name != "arith" and source is None and data_root is None:
-        raise UserError(f"benchmark {spec!r}: expected a data root (data.eval.data_root, --data-root) or NAME=SOURCE")
-    if name == "arith":
-        if source:  # a file is kept whole unless a limit is given
-            return name, load_problems(source, limit=limit)
-        return name, load_problems("builtin:arith?seed=7", limit=limit or 24)  # the unbounded built-in task
-    return name, load_benchmark(name, root=data_root, source=source, limit=limit, seed=seed)
+    bench = parse_benchmark(spec)
+    source = bench.resolve(data_root)
+    if bench.name == "arith":  # the built-in task, or a file kept whole unless it has a limit
+        return bench.name, load_problems(source)
+    return bench.name, load_benchmark(bench.name, source=source, seed=seed)
 
 
 def load_judge_pairs(spec: str, seed: int):
+    """A judge set from a ``builtin:arith?n=N`` (default 16 pairs, seed 1000, the task's difficulty knobs) or
+    ``prm800k:PATH[?limit=N]`` source; its name is the source's kind."""
+    from openrlhf_psr.data.sources import JUDGE_PAIRS, parse_source
     from openrlhf_psr.eval.builtin_judge import builtin_judge_pairs, prm800k_judge_pairs
 
-    name, source, limit = parse_spec(spec)
-    if name == "builtin":
-        return name, builtin_judge_pairs(limit or 16)
-    if name == "prm800k":
-        if not source:
-            raise UserError(f"judge set {spec!r}: expected prm800k=PATH[@N], found no PATH")
-        return name, prm800k_judge_pairs(source, limit, seed)
-    raise UserError(f"judge set {spec!r}: expected builtin@N or prm800k=PATH[@N], found {name!r}")
+    source = parse_source(spec, JUDGE_PAIRS)
+    if source.kind == "builtin":
+        return source.kind, builtin_judge_pairs(source.get("n", 16), source.get("seed", 1000), source.difficulty())
+    return source.kind, prm800k_judge_pairs(str(source.path), source.get("limit"), seed)
 
 
-def _judge_settings(name: str, args: argparse.Namespace) -> dict:
+def _judge_settings(name: str, config: EvaluateConfig) -> dict:
     """Settings of a built-in judge: the prompt format of the model under evaluation (``--chat-template``, the
     recipe's) and the explanation cap; judges from plugins get none."""
     if name not in ("generative", "logit", "outcome"):
         return {}
-    settings: dict = {"chat_template": args.chat_template}
+    settings: dict = {"chat_template": config.chat_template}
     if name == "generative":
-        settings["max_tokens"] = args.judge_max_tokens
+        settings["max_tokens"] = config.judge_max_tokens
     return settings
 
 
-def _part_settings(args: argparse.Namespace) -> dict:
+def _part_settings(config: EvaluateConfig) -> dict:
     """What every finished part depends on besides its own inputs: the model's files and the settings (the
     output folder and the lists of parts to run are not among them)."""
     from openrlhf_psr.fingerprint import model_fingerprint
 
-    skip = {"out", "benchmark", "judge_set", "judge", "tts_benchmark"}
-    return {"model_files": model_fingerprint(args.model), **{k: v for k, v in vars(args).items() if k not in skip}}
+    settings = config.model_dump(mode="json", exclude={"out", "benchmarks", "judge_sets", "judges"})
+    settings["tts"].pop("benchmarks")
+    return {"model_files": model_fingerprint(config.model), **settings}
+
+
+# The flags of the evaluation's config (recipe.EvaluateConfig) that are not simply the setting's name.
+FLAG_NAMES = {"benchmarks": "--benchmark", "judge_sets": "--judge-set", "judges": "--judge",
+              "tts.benchmarks": "--tts-benchmark", "generator.name": "--generator"}  # fmt: skip
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from openrlhf_psr.cli.app import add_switch, positive_int
+    """``--config FILE`` (what the launcher writes), ``--set KEY.PATH=VALUE``, and a flag per setting (the test-time
+    scaling ones start with ``--tts-``)."""
+    from openrlhf_psr.cli.config_args import add_config_arguments
 
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--benchmark", action="append", default=[], help="NAME[=SOURCE][@LIMIT], repeatable")
-    parser.add_argument("--data-root", default=None, help="folder with <benchmark>/test.jsonl")
-    parser.add_argument("--judge-set", action="append", default=[], help="builtin@N | prm800k=PATH[@N]")
-    parser.add_argument("--judge", action="append", default=[], help="judge plugin names for the judge sets")
-    parser.add_argument("--judge-max-tokens", type=positive_int, default=256)
-    parser.add_argument("--max-tokens", type=positive_int, default=1024)
-    parser.add_argument("--prompt", default="step", choices=["step", "qwen_cot"])
-    parser.add_argument("--fewshot", type=int, default=0, help="worked examples prepended (for base models)")
-    add_switch(parser, "--chat-template", True, "wrap prompts in the model's chat template")
-    parser.add_argument("--max-model-len", type=positive_int, default=4096)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tensor-parallel-size", type=positive_int, default=1, help="GPUs of the vLLM engine")
-    parser.add_argument("--gpu-memory-utilization", type=float, default=None, help="GPU share vLLM may take")
-    tts = parser.add_argument_group("test-time scaling: the step-wise search with self-judging at inference")
-    tts.add_argument("--tts-benchmark", action="append", default=[], help="benchmark names to also run with search")
-    tts.add_argument("--tts-width", type=positive_int, default=6, help="candidates per step (paper: 6)")
-    tts.add_argument("--tts-temperature", type=float, default=0.5, help="paper: 0.5")
-    tts.add_argument("--tts-max-rounds", type=positive_int, default=20)
-    tts.add_argument("--tts-judge", default="generative", help="judge plugin for the search (paper: generative)")
+    add_config_arguments(parser, EvaluateConfig, names=FLAG_NAMES)
 
 
-def check_arguments(args: argparse.Namespace) -> None:
+def stage_config(args: argparse.Namespace) -> EvaluateConfig:
+    """The evaluation's settings: ``--config``, then ``--set``, then flags; bad ones are one line each."""
+    from openrlhf_psr.cli.config_args import config_from_args
+
+    return config_from_args(args, EvaluateConfig)
+
+
+def check_arguments(config: EvaluateConfig) -> None:
     """What can be checked before an engine starts: specs parse, judges exist, tts benchmarks are benchmarks."""
-    from openrlhf_psr.registry import JUDGES, RegistryError
+    from openrlhf_psr.data.sources import JUDGE_PAIRS, SourceError, parse_source
+    from openrlhf_psr.registry import GENERATORS, JUDGES, RegistryError
 
-    for flag, specs in (("--benchmark", args.benchmark), ("--judge-set", args.judge_set)):
+    names = []
+    for flag, specs in (("--benchmark", config.benchmarks), ("--judge-set", config.judge_sets)):
         for spec in specs:
             try:
-                limit = parse_spec(spec)[2]
-            except ValueError:
-                raise UserError(f"{flag} {spec!r}: expected NAME[=SOURCE][@LIMIT] with an integer LIMIT") from None
-            if limit is not None and limit <= 0:
-                raise UserError(f"{flag} {spec!r}: expected a positive LIMIT, found {limit}")
-    unknown = set(args.tts_benchmark) - {parse_spec(s)[0] for s in args.benchmark}
+                if flag == "--benchmark":
+                    names.append(parse_benchmark(spec).name)
+                else:
+                    parse_source(spec, JUDGE_PAIRS)
+            except SourceError as exc:
+                raise UserError(f"{flag} {exc}") from None
+    unknown = set(config.tts.benchmarks) - set(names)
     if unknown:
         raise UserError(f"--tts-benchmark {sorted(unknown)}: expected names also given as --benchmark")
-    flags = [("--judge", name) for name in args.judge]
-    flags += [("--tts-judge", args.tts_judge)] if args.tts_benchmark else []
+    flags = [("--judge", name) for name in (config.judges if config.judge_sets else [])]
+    flags += [("--tts-judge", config.tts.judge)] if config.tts.benchmarks else []
     for flag, name in flags:
         try:
             JUDGES.get(name)
         except RegistryError as exc:
             raise UserError(f"{flag} {name}: {exc}") from None
+    try:
+        GENERATORS.get(config.generator.name)
+    except RegistryError as exc:
+        raise UserError(f"--generator {config.generator.name}: {exc}") from None
+
+
+def engine_settings(config: EvaluateConfig) -> dict:
+    """The generator's settings: the config's (the recipe's ``psr.generator.settings`` with ``cluster.eval``'s engines
+    x TP) with the by-hand ``--tensor-parallel-size`` (above 1) and ``--gpu-memory-utilization`` on top.
+
+    >>> engine_settings(EvaluateConfig(out="o", generator={"name": "openrlhf_ray", "settings": {"num_engines": 4}},
+    ...                                tensor_parallel_size=2))
+    {'num_engines': 4, 'tensor_parallel_size': 2}
+    """
+    settings = dict(config.generator.settings)
+    if config.tensor_parallel_size > 1:
+        settings["tensor_parallel_size"] = config.tensor_parallel_size
+    if config.gpu_memory_utilization is not None:
+        settings["gpu_memory_utilization"] = config.gpu_memory_utilization
+    return settings
+
+
+def build_engine(config: EvaluateConfig):
+    """The evaluation's engine through the generator plugin, as the search builds its own: OpenRLHF's Ray engines
+    (``openrlhf_ray``) on a cluster, the in-process ``vllm`` engine on one box, or any registered generator."""
+    from openrlhf_psr.registry import GENERATORS
+
+    generator = GENERATORS.get(config.generator.name)
+    return generator.from_config(config.model, seed=config.seed, max_model_len=config.max_model_len,
+                                 **engine_settings(config))  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,54 +166,49 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    check_arguments(args)
+    cfg = stage_config(args)
+    check_arguments(cfg)
 
-    from openrlhf_psr.engines.vllm_local import VLLMLocalEngine
     from openrlhf_psr.eval.generate import greedy_solutions, score_solutions
     from openrlhf_psr.eval.judge_accuracy import judge_accuracy
     from openrlhf_psr.eval.parts import EvalParts
     from openrlhf_psr.io import atomic_write_text
     from openrlhf_psr.judges.base import JudgeContext, build_judge
 
-    benchmarks = [load_eval_problems(s, args.data_root, args.seed) for s in args.benchmark]  # fail before the engine
-    judge_sets = [load_judge_pairs(s, args.seed) for s in args.judge_set]
-    gpu = {"tensor_parallel_size": args.tensor_parallel_size} if args.tensor_parallel_size > 1 else {}
-    if args.gpu_memory_utilization is not None:
-        gpu["gpu_memory_utilization"] = args.gpu_memory_utilization
-    engine = VLLMLocalEngine(model=args.model, seed=args.seed, max_model_len=args.max_model_len, **gpu)
-    result: dict = {"model": args.model, "benchmarks": {}, "judges": {}}
-    parts = EvalParts(args.out, settings=_part_settings(args))  # finished parts of a killed run are reused
+    benchmarks = [load_eval_problems(s, cfg.data_root, cfg.seed) for s in cfg.benchmarks]  # fail before the engine
+    judge_sets = [load_judge_pairs(s, cfg.seed) for s in cfg.judge_sets]
+    engine = build_engine(cfg)
+    result: dict = {"model": cfg.model, "benchmarks": {}, "judges": {}}
+    parts = EvalParts(cfg.out, settings=_part_settings(cfg))  # finished parts of a killed run are reused
     for name, problems in benchmarks:
         scored = parts.get(f"benchmark-{name}", problems)
         if scored is not None:
             print(f"{name}: resumed from {parts.dir}", flush=True)
         else:
             start = time.perf_counter()
-            texts = greedy_solutions(engine, problems, prompt=args.prompt, max_tokens=args.max_tokens,
-                                     chat_template=args.chat_template, fewshot=args.fewshot)  # fmt: skip
+            texts = greedy_solutions(engine, problems, prompt=cfg.prompt, max_tokens=cfg.max_tokens,
+                                     chat_template=cfg.chat_template, fewshot=cfg.fewshot)  # fmt: skip
             scored = score_solutions(problems, texts, tokenizer=engine.tokenizer, progress=True)
             scored["metrics"]["seconds"] = time.perf_counter() - start
             parts.put(f"benchmark-{name}", problems, scored)
         result["benchmarks"][name] = scored
         print(f"{name}: {json.dumps(scored['metrics'])}", flush=True)
-    context = JudgeContext(model=args.model, engine=engine)
-    if args.tts_benchmark:
+    context = JudgeContext(model=cfg.model, engine=engine)
+    if cfg.tts.benchmarks:
         from openrlhf_psr.eval.tts import run_test_time_scaling
         from openrlhf_psr.search import SearchConfig
 
-        config = SearchConfig(width=args.tts_width, temperature=args.tts_temperature, max_rounds=args.tts_max_rounds,
-                              aggregate="prob" if args.tts_judge == "logit" else "verdict", seed=args.seed,
-                              max_tokens_per_step=min(256, args.max_tokens),
-                              chat_template=args.chat_template)  # fmt: skip
-        judge = build_judge(args.tts_judge, context, **_judge_settings(args.tts_judge, args))
+        config = SearchConfig(**cfg.tts.model_dump(exclude={"benchmarks", "judge"}), chat_template=cfg.chat_template,
+                              seed=cfg.seed)  # fmt: skip
+        judge = build_judge(cfg.tts.judge, context, **_judge_settings(cfg.tts.judge, cfg))
         result["test_time_scaling"] = {}
         for name, problems in benchmarks:
-            if name in args.tts_benchmark:
-                metrics = run_test_time_scaling(engine, judge, problems, Path(args.out) / "tts" / name, config)
+            if name in cfg.tts.benchmarks:
+                metrics = run_test_time_scaling(engine, judge, problems, Path(cfg.out) / "tts" / name, config)
                 result["test_time_scaling"][name] = metrics
                 print(f"test-time scaling {name}: {json.dumps(metrics)}", flush=True)
-    for judge_name in args.judge:
-        judge = build_judge(judge_name, context, **_judge_settings(judge_name, args))
+    for judge_name in cfg.judges if cfg.judge_sets else []:
+        judge = build_judge(judge_name, context, **_judge_settings(judge_name, cfg))
         for set_name, pairs in judge_sets:
             metrics = parts.get(f"judge-{judge_name}-{set_name}", pairs)
             if metrics is None:
@@ -196,8 +216,11 @@ def run(args: argparse.Namespace) -> int:
                 parts.put(f"judge-{judge_name}-{set_name}", pairs, metrics)
             result["judges"][f"{judge_name}/{set_name}"] = metrics
             print(f"judge {judge_name} on {set_name}: {json.dumps(metrics)}", flush=True)
-    out = Path(args.out)
-    atomic_write_text(out / "eval.json", json.dumps(result, indent=1))
+    out = Path(cfg.out)
+    from openrlhf_psr.layout import EVAL_FILE
+
+    atomic_write_text(out / EVAL_FILE, json.dumps(result, indent=1))
+    engine.close()  # Ray engines give their GPUs back before the next stage places its own
     return 0
 
 

@@ -11,6 +11,7 @@ Subcommands (each a module of ``openrlhf_psr.cli`` with ``add_arguments(parser)`
   doctor       check the environment (torch build, CPU patches, default model) and say what to fix
   demo         the main job on the embedded default model (see README)
   plan         memory per GPU and host RAM per node of every stage; refuses what cannot fit
+  evidence     does the loop improve the model? judge arms from one M1, with intervals (recipes/evidence_cpu.yaml)
 
 Training stages run as modules, like upstream's: ``python -m openrlhf_psr.cli.train_step_dpo`` (or
 ``deepspeed --module openrlhf_psr.cli.train_step_dpo``) and ``python -m openrlhf.cli.train_sft``.
@@ -39,6 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("openrlhf_psr.cli.doctor", "check the environment"),
     "demo": ("openrlhf_psr.cli.demo", "run the main job: recipes/tiny_cpu.yaml on the embedded default model"),
     "plan": ("openrlhf_psr.cli.plan", "how a recipe's stages fit the cluster (GPUs, memory)"),
+    "evidence": ("openrlhf_psr.cli.evidence", "judge arms (oracle, random, self, likelihood) from one M1, compared"),
 }
 
 

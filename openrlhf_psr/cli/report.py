@@ -5,22 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 
-
-def _models(run: Path) -> list[tuple[str, Path]]:
-    """(label, eval dir) in model order: M0, M1, M2, ..."""
-    out = []
-    if (run / "m0" / "eval" / "eval.json").is_file():
-        out.append(("M0", run / "m0" / "eval"))
-    if (run / "sft" / "eval" / "eval.json").is_file():
-        out.append(("M1", run / "sft" / "eval"))
-    iters = sorted((int(m.group(1)), p) for p in run.glob("iter_*") if (m := re.fullmatch(r"iter_(\d+)", p.name)))
-    for t, path in iters:
-        if (path / "eval" / "eval.json").is_file():
-            out.append((f"M{t + 1}", path / "eval"))
-    return out
+from openrlhf_psr.layout import EVAL_FILE, RunLayout
 
 
 def _fmt(value, pct=False) -> str:
@@ -82,16 +69,15 @@ def build_report(run: Path) -> dict:
 
     if not run.is_dir():
         raise DataError(f"{run}: expected a run folder (runs/<name>), found {'a file' if run.exists() else 'nothing'}")
-    evals = {label: _read_eval(d / "eval.json") for label, d in _models(run)}
-    if not evals and not list(run.glob("iter_*/search/summary.json")):
+    layout = RunLayout(run)
+    evals = {label: _read_eval(folder / EVAL_FILE) for label, folder in layout.evaluations()}
+    searches = {name: read_json(path, "a search summary") for name, path in layout.searches()}
+    if not evals and not searches:
         raise DataError(
             f"{run}: expected a run folder with results (*/eval/eval.json or iter_*/search/summary.json), found none"
         )
     benchmarks = sorted({b for e in evals.values() for b in e["benchmarks"]})
     judges = sorted({j for e in evals.values() for j in e["judges"]})
-    searches = {}
-    for path in sorted(run.glob("iter_*/search/summary.json")):
-        searches[path.parent.parent.name] = read_json(path, "a search summary")
     summary = {"run": str(run), "models": {}, "search": searches}
     for label, e in evals.items():
         accs = {b: e["benchmarks"][b]["metrics"]["accuracy"] for b in e["benchmarks"]}
@@ -160,17 +146,16 @@ def build_report(run: Path) -> dict:
         keys = ["problems", "pairs", "pairs_per_problem", "rollbacks", "abstention_rate", "position_consistency",
                 "mean_steps", "mean_step_tokens", "judge_calls_per_accepted_step", "accuracy"]  # fmt: skip
         md.append(_table(["iteration", *keys], [[it, *(_fmt(s.get(k)) for k in keys)] for it, s in searches.items()]))
-    out = run / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.md").write_text("\n".join(md) + "\n")
-    _plots(summary, benchmarks, out)
+    layout.report().mkdir(parents=True, exist_ok=True)
+    layout.report_markdown().write_text("\n".join(md) + "\n")
+    _plots(summary, benchmarks, layout.report_plot())
     from openrlhf_psr.io import atomic_write_text
 
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    atomic_write_text(layout.report_json(), json.dumps(summary, indent=2))
     return summary
 
 
-def _plots(summary: dict, benchmarks: list[str], out: Path) -> None:
+def _plots(summary: dict, benchmarks: list[str], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -196,7 +181,7 @@ def _plots(summary: dict, benchmarks: list[str], out: Path) -> None:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out / "accuracy_and_steps.png", dpi=100)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -207,7 +192,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     folder = Path(args.run)
     build_report(folder)
-    print((folder / "report" / "summary.md").read_text())
+    print(RunLayout(folder).report_markdown().read_text())
     return 0
 
 

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import argparse
 import re
-from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", help="recipe YAML (see recipes/)")
+    add_run_options(parser)
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The options of a recipe run, shared with ``openrlhf-psr demo`` (which fixes the recipe)."""
     parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override a recipe field (the value is YAML), repeatable")  # fmt: skip
     parser.add_argument("--runs-dir", default="runs", help="runs go to RUNS_DIR/<name>/ (default: runs)")
@@ -47,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     for note in notes:
         print(f"preflight: {note}")
     recipe_run.run()
-    summary = Path(recipe_run.root) / "report" / "summary.md"
+    summary = recipe_run.layout.report_markdown()
     if summary.is_file():
         print(summary.read_text())
     print(f"run directory: {recipe_run.root}")

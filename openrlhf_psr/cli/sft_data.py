@@ -1,11 +1,13 @@
 """``openrlhf-psr sft-data``: write the M0 -> M1 SFT mixture (IFT + EFT) as JSONL for upstream ``train_sft``.
 
-    openrlhf-psr sft-data --out sft.jsonl --ift builtin:64 --eft builtin:64
-    openrlhf-psr sft-data --out sft.jsonl --ift gsm8k:../shared/data/train/gsm8k_train.jsonl:2000 \\
-        --eft prm800k:../shared/data/train/prm800k_phase1_train.stepwise.parquet:1000
+    openrlhf-psr sft-data --out sft.jsonl --ift builtin:arith?n=64 --eft builtin:arith?n=64
+    openrlhf-psr sft-data --out sft.jsonl --ift gsm8k:../shared/data/train/gsm8k_train.jsonl?limit=2000 \\
+        --eft prm800k:../shared/data/train/prm800k_phase1_train.stepwise.parquet?limit=1000
 
-Sources are ``kind:path[:limit]`` (``builtin:n`` for the built-in task). ``srlm-builtin:n`` and
-``srlm-gsm8k:path[:n]`` are the SRLM baseline's own judging task (whole solutions scored 0..5 with its prompt).
+Sources are specs of the source grammar (:mod:`openrlhf_psr.data.sources`): ``builtin:arith?n=N`` (the built-in
+task; ``seed`` and the difficulty knobs as for the prompts), ``gsm8k:PATH[?limit=N]``, ``prm800k:PATH[?limit=N]``.
+``srlm-builtin:arith?n=N`` and ``srlm-gsm8k:PATH[?limit=N]`` are the SRLM baseline's own judging task (whole
+solutions scored 0..5 with its prompt).
 Each row also holds ``prompt`` / ``response``: the example rendered for ``--model`` in the format of
 ``--chat-template`` (the recipe's), exactly as the search and evaluation render prompts. Then train with
 ``python -m openrlhf.cli.train_sft --data.dataset sft.jsonl --data.input_key prompt --data.output_key response
@@ -19,42 +21,42 @@ import json
 import random
 
 
-def _split(spec: str) -> tuple[str, str | None, int | None]:
-    kind, _, rest = spec.partition(":")
-    if kind in ("builtin", "srlm-builtin"):
-        return kind, None, int(rest or 64)
-    path, _, limit = rest.rpartition(":") if rest.rsplit(":", 1)[-1].isdigit() else (rest, "", "")
-    return kind, path, int(limit) if limit else None
-
-
 def build(ift: list[str], eft: list[str], seed: int = 0) -> list[dict]:
+    """The IFT and EFT records of the sources, shuffled. A built-in source makes ``n`` (default 64) examples from
+    its ``seed`` (default: ``seed``, EFT ``seed + 1``) at its difficulty; a file source takes ``limit`` rows (a
+    ``seed``-ed random subset)."""
     from openrlhf_psr.data import sft
+    from openrlhf_psr.data.sources import EFT, IFT, SourceError, parse_source
     from openrlhf_psr.errors import DataError
     from openrlhf_psr.io import read_jsonl
 
+    def parse(flag: str, spec: str, kinds: tuple[str, ...]):
+        try:
+            return parse_source(spec, kinds)
+        except SourceError as exc:
+            raise DataError(f"{flag} {exc}") from None
+
     records: list[dict] = []
     for spec in ift:
-        kind, path, limit = _split(spec)
-        if kind == "builtin":
-            records += [r for r in sft.builtin_sft(n_ift=limit, n_eft=0, seed=seed) if r["kind"] == "ift"]
-        elif kind == "gsm8k":
-            rows = list(read_jsonl(path))
+        source = parse("--ift", spec, IFT)
+        if source.kind == "builtin":
+            built = sft.builtin_sft(n_ift=source.get("n", 64), n_eft=0, seed=source.get("seed", seed),
+                                    difficulty=source.difficulty())  # fmt: skip
+            records += [r for r in built if r["kind"] == "ift"]
+        else:  # gsm8k
+            rows, limit = list(read_jsonl(source.path)), source.get("limit")
             chosen = random.Random(seed).sample(rows, limit) if limit and limit < len(rows) else rows
             records += sft.gsm8k_ift(chosen, source=f"--ift {spec}")
-        else:
-            raise DataError(f"--ift {spec!r}: unknown source kind {kind!r}; expected builtin or gsm8k")
     for spec in eft:
-        kind, path, limit = _split(spec)
-        if kind == "builtin":
-            records += [r for r in sft.builtin_sft(n_ift=0, n_eft=limit, seed=seed + 1) if r["kind"] == "eft"]
-        elif kind == "prm800k":
-            records += sft.prm800k_eft(path, limit=limit, seed=seed)
-        elif kind in ("srlm-builtin", "srlm-gsm8k"):  # the SRLM baseline's judging task: 5-point scores
-            records += sft.srlm_source(kind, path, limit, seed=seed)
-        else:
-            raise DataError(
-                f"--eft {spec!r}: unknown source kind {kind!r}; expected builtin, prm800k, srlm-builtin or srlm-gsm8k"
-            )
+        source = parse("--eft", spec, EFT)
+        if source.kind == "builtin":
+            built = sft.builtin_sft(n_ift=0, n_eft=source.get("n", 64), seed=source.get("seed", seed + 1),
+                                    difficulty=source.difficulty())  # fmt: skip
+            records += [r for r in built if r["kind"] == "eft"]
+        elif source.kind == "prm800k":
+            records += sft.prm800k_eft(source.path, limit=source.get("limit"), seed=seed)
+        else:  # srlm-builtin, srlm-gsm8k: the SRLM baseline's judging task, 5-point scores
+            records += sft.srlm_source(source, seed=seed)
     random.Random(seed).shuffle(records)
     return records
 
@@ -63,9 +65,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from openrlhf_psr.cli.app import add_switch
 
     parser.add_argument("--out", required=True)
-    parser.add_argument("--ift", action="append", default=[], help="builtin:N | gsm8k:PATH[:N]")
+    parser.add_argument("--ift", action="append", default=[], help="builtin:arith?n=N | gsm8k:PATH[?limit=N]")
     parser.add_argument("--eft", action="append", default=[],
-                        help="builtin:N | prm800k:PATH[:N] (pairs; x2 orders) | srlm-builtin:N | srlm-gsm8k:PATH[:N] "
+                        help="builtin:arith?n=N | prm800k:PATH[?limit=N] (pairs; x2 orders) | "
+                        "srlm-builtin:arith?n=N | srlm-gsm8k:PATH[?limit=N] "
                         "(SRLM 5-point scoring, 6 graded solutions per problem)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", default="default", help="the model to be trained (its tokenizer renders rows)")

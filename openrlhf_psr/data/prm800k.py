@@ -7,28 +7,22 @@ step give one (chosen, rejected) pair: the first +1 and the first -1 in file ord
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from openrlhf_psr.errors import MissingField
-
-
-@dataclass(frozen=True)
-class HumanStepPair:
-    question: str
-    previous_steps: tuple[str, ...]
-    chosen: str
-    rejected: str
-    rejected_reason: str | None
-    position: str  # "<file>#<first row>" for error messages and provenance
+from openrlhf_psr.records import JudgedStepPair
 
 
 def _none(value):
     return None if value in (None, "None", "") else value
 
 
-def human_step_pairs(path: str | Path) -> list[HumanStepPair]:
+def human_step_pairs(path: str | Path) -> list[JudgedStepPair]:
+    """The file's judged step pairs, steps numbered as a judge sees them (``Step n: ...``), PRM800K's reason for
+    the rejected step as the rationale and ``<file>#<first row>`` as the source."""
     import pyarrow.parquet as pq
+
+    from openrlhf_psr.steps import format_step
 
     path = Path(path)
     if not path.is_file():
@@ -52,7 +46,14 @@ def human_step_pairs(path: str | Path) -> list[HumanStepPair]:
             slot["rejected"] = row["next_response"]
             slot["reason"] = _none(row.get("error_reason"))
     return [
-        HumanStepPair(q, prev, s["chosen"], s["rejected"], s.get("reason"), f"{path.name}#{s['row']}")
+        JudgedStepPair(
+            q,
+            tuple(format_step(n, step) for n, step in enumerate(prev, 1)),
+            format_step(len(prev) + 1, s["chosen"]),
+            format_step(len(prev) + 1, s["rejected"]),
+            rationale=s.get("reason"),
+            source=f"{path.name}#{s['row']}",
+        )
         for (q, prev), s in positions.items()
         if "chosen" in s and "rejected" in s and s["chosen"].strip() != s["rejected"].strip()
     ]

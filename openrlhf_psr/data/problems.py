@@ -1,10 +1,10 @@
 """Problems for the search and evaluation: from the built-in task, a local JSONL/Parquet file, or a HF dataset.
 
-A source is one string:
-- ``builtin:arith`` (optionally ``builtin:arith?seed=3``, and difficulty knobs such as ``&ops=2-3&max_value=50``,
-  see :class:`openrlhf_psr.data.arith.Difficulty`): the package's own arithmetic task, any size;
-- a path to ``.jsonl`` / ``.json`` / ``.parquet``;
-- anything else is a Hugging Face dataset name (``name`` or ``name:config``), loaded with ``datasets``.
+A source is one spec of the source grammar (:mod:`openrlhf_psr.data.sources`), parsed there:
+- ``builtin:arith`` (options ``n``, ``seed`` and difficulty knobs such as ``ops=2-3&max_value=50``, see
+  :class:`openrlhf_psr.data.arith.Difficulty`): the package's own arithmetic task, any size;
+- ``jsonl:PATH`` / ``parquet:PATH`` (option ``limit``): a local file;
+- ``hf:NAME[:CONFIG]`` (options ``split``, ``limit``): a Hugging Face dataset, loaded with ``datasets``.
 
 Gold answers go through a rule: ``gsm8k`` (the number after ``####``), ``boxed`` (last ``\\boxed{}``), ``first``
 (first item of a list, OlympiadBench), or ``raw``.
@@ -15,20 +15,12 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qs
 
+from openrlhf_psr.data.sources import PROBLEMS, Source, parse_source
 from openrlhf_psr.errors import DataError, MissingField
+from openrlhf_psr.records import Problem  # the problem record: id, question, gold answer, reference steps
 from openrlhf_psr.steps import extract_boxed
-
-
-@dataclass(frozen=True)
-class Problem:
-    id: str
-    question: str
-    answer: str | None = None  # gold final answer, if known
-    reference_steps: tuple[str, ...] = ()  # a reference solution in steps, if known (IFT)
 
 
 def gold_answer(value, rule: str) -> str | None:
@@ -60,10 +52,11 @@ _FILE_SUFFIX = re.compile(r"\.[A-Za-z][A-Za-z0-9]{0,9}$")
 
 
 def local_path(source: str) -> Path | None:
-    """The local file a problem source names, or None for the built-in task and Hugging Face dataset names.
+    """The local path a name looks like (a model folder), or None for a hub name. Data sources say their kind
+    instead (``jsonl:PATH``, ``hf:NAME``: :mod:`openrlhf_psr.data.sources`).
 
-    A source that looks like a path is a file, so a typo is a file error rather than a dataset download: it has a
-    file-like suffix, starts with ``.``, ``/`` or ``~``, or holds a ``/`` under a folder that exists.
+    A name that looks like a path is one, so a typo is a file error rather than a download: it has a file-like
+    suffix, starts with ``.``, ``/`` or ``~``, or holds a ``/`` under a folder that exists.
 
     >>> [local_path(s) for s in ("builtin:arith", "openai/gsm8k:main", "AI-MO/NuminaMath-1.5")]
     [None, None, None]
@@ -94,11 +87,11 @@ def check_local_file(source: str, path: Path) -> None:
         raise DataError(f"{source}: expected a problem file, found {found}")
 
 
-def _rows(source: str, split: str) -> Iterable[tuple[str, int, dict]]:
+def _rows(source: Source, split: str) -> Iterable[tuple[str, int, dict]]:
     """(where, row number, row) for every row of a file or dataset."""
-    path = local_path(source)
+    path = source.path
     if path is not None:
-        check_local_file(source, path)
+        check_local_file(str(source), path)
         if path.suffix == ".parquet":
             from openrlhf_psr.io import read_parquet_rows
 
@@ -112,13 +105,14 @@ def _rows(source: str, split: str) -> Iterable[tuple[str, int, dict]]:
         return
     import datasets
 
-    name, _, config = source.partition(":")
+    name, _, config = source.target.partition(":")
+    split = source.get("split", split)
     for number, row in enumerate(datasets.load_dataset(name, config or None, split=split), 1):
         yield f"{source}[{split}]", number, row
 
 
 def load_problems(
-    source: str,
+    source: str | Source,
     *,
     question_key: str = "question",
     answer_key: str | None = "answer",
@@ -130,23 +124,30 @@ def load_problems(
     subset: tuple[int, int | None] | None = None,
     subset_seed: int = 0,
 ) -> list[Problem]:
-    """Load problems; ``limit`` takes a seeded random subset when ``seed`` is given, else the first rows.
+    """Load problems from a source spec (or a parsed :class:`Source`); ``limit`` (the argument or the source's
+    ``limit`` option, the smaller) takes a seeded random subset when ``seed`` is given, else the first rows; an
+    ``hf:`` source's ``split`` option wins over the argument.
 
     ``subset=(start, end)`` takes rows ``start:end`` of a fixed order, so disjoint ranges give disjoint problems
-    (the search's iterations): the rows shuffled with ``subset_seed`` for a file or dataset; for the built-in task,
-    whose problems are already random and unbounded, indices ``start..end-1`` (any size). Without a limit or a
-    subset the built-in task gives 24 problems.
+    (the search's iterations): the rows (the first ``limit`` of the source, when it says) shuffled with
+    ``subset_seed`` for a file or dataset; for the built-in task, whose problems are already random and unbounded,
+    indices ``start..end-1`` (up to its ``n``, when it says). Without a limit, ``n`` or a subset the built-in task
+    gives 24 problems.
 
     Nothing is dropped silently: a ``null`` question (or id) is an error naming the row; a gold answer that is
     null or that the rule cannot read is counted and reported on stderr, and an error when no row has one.
     """
+    if not isinstance(source, Source):
+        source = parse_source(source, PROBLEMS)
     if subset is not None:
         return _subset(source, subset, subset_seed, question_key=question_key, answer_key=answer_key,
                        answer_rule=answer_rule, id_key=id_key, split=split)  # fmt: skip
-    if source.startswith("builtin:"):
-        problems = _builtin(source, limit or 24)
-    else:
-        problems = _file_problems(source, question_key, answer_key, answer_rule, id_key, split)
+    if source.is_builtin:
+        count = [x for x in (limit, source.get("n")) if x is not None]
+        return _builtin(source, min(count) if count else 24)
+    problems = _file_problems(source, question_key, answer_key, answer_rule, id_key, split)
+    limits = [x for x in (limit, source.get("limit")) if x is not None]
+    limit = min(limits) if limits else None
     if limit is not None and len(problems) > limit:
         if seed is not None:
             problems = random.Random(seed).sample(problems, limit)
@@ -170,7 +171,7 @@ def _file_problems(source, question_key, answer_key, answer_rule, id_key, split)
             answer = gold_answer(row[answer_key], answer_rule)
             if answer is None:
                 missing.append(number)
-        pid = str(row[id_key]) if id_key and id_key in row else f"{Path(source).stem}-{number - 1}"
+        pid = str(row[id_key]) if id_key and id_key in row else f"{Path(source.target).stem}-{number - 1}"
         problems.append(Problem(pid, str(row[question_key]), answer))
     if missing and len(missing) == len(problems):
         raise DataError(
@@ -194,30 +195,26 @@ _RULE_EXPECTS = {
 }
 
 
-def _subset(source: str, subset: tuple[int, int | None], seed: int, **keys) -> list[Problem]:
+def _subset(source: Source, subset: tuple[int, int | None], seed: int, **keys) -> list[Problem]:
     start, end = subset
     if start < 0 or (end is not None and end < start):
         raise DataError(f"subset {start}:{end}: expected 0 <= start <= end")
-    if source.startswith("builtin:"):
+    if source.is_builtin:
         if end is None:
-            raise DataError(f"subset {start}: of {source!r}: the built-in task is unbounded; give an end")
+            raise DataError(f"subset {start}: of {str(source)!r}: the built-in task is unbounded; give an end")
+        if source.get("n") is not None and end > source.get("n"):
+            raise DataError(f"subset {start}:{end} of {str(source)!r}: expected an end <= n={source.get('n')}")
         return _builtin(source, end, start)
     problems = _file_problems(source, **keys)
+    if source.get("limit") is not None:
+        problems = problems[: source.get("limit")]
     random.Random(seed).shuffle(problems)
     return problems[start:end]
 
 
-def _builtin(source: str, n: int, start: int = 0) -> list[Problem]:
+def _builtin(source: Source, n: int, start: int = 0) -> list[Problem]:
     from openrlhf_psr.data import arith
 
-    name, _, query = source.removeprefix("builtin:").partition("?")
-    if name != "arith":
-        raise DataError(f"unknown built-in task {name!r} in {source!r}; available: arith")
-    params = {k: v[-1] for k, v in parse_qs(query).items()}
-    seed = int(params.pop("seed", 0))
-    try:
-        difficulty = arith.Difficulty.from_options(params)  # ops, start, add, groups, each, max_value, kinds
-    except ValueError as exc:
-        raise DataError(f"{source!r}: {exc}") from None
+    seed, difficulty = source.get("seed", 0), source.difficulty()  # knobs checked when the spec was parsed
     made = (arith.make_problem(seed, index, difficulty=difficulty) for index in range(start, n))
     return [Problem(p.id, p.question, str(p.answer), p.steps) for p in made]

@@ -23,9 +23,11 @@ import json
 import random
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from openrlhf_psr.prompts import render_judge_prompt, render_segment_prompt, render_step_prompt
+from openrlhf_psr.records import JudgedStepPair
 from openrlhf_psr.steps import format_step, parse_steps, render_solution
 
 _CALC = re.compile(r"<<[^>]*>>")
@@ -52,17 +54,17 @@ def ift_record(question: str, steps: Sequence[str]) -> dict:
     return {"input": render_step_prompt(question), "output": render_solution(steps), "kind": "ift"}
 
 
-def eft_records(
-    question: str, previous: Sequence[str], better: str, worse: str, rationale: str | None = None
-) -> list[dict]:
-    """Both orders of one judged pair: better shown as A (verdict [[A]]) and as B (verdict [[B]])."""
+def eft_records(pair: JudgedStepPair) -> list[dict]:
+    """Both orders of one judged pair: better shown as A (verdict [[A]]) and as B (verdict [[B]]); the pair's
+    rationale, if any, opens the answer."""
     out = []
     for better_is_a in (True, False):
-        a, b = (better, worse) if better_is_a else (worse, better)
+        a, b = (pair.better, pair.worse) if better_is_a else (pair.worse, pair.better)
         letter, other = ("A", "B") if better_is_a else ("B", "A")
-        reason = f"Assistant {other}'s step is wrong: {rationale.strip()} " if rationale else ""
+        reason = f"Assistant {other}'s step is wrong: {pair.rationale.strip()} " if pair.rationale else ""
         output = f"{reason}Assistant {letter}'s step is the better next step. [[{letter}]]"
-        out.append({"input": render_judge_prompt(question, list(previous), a, b), "output": output, "kind": "eft"})
+        prompt = render_judge_prompt(pair.question, list(pair.previous_steps), a, b)
+        out.append({"input": prompt, "output": output, "kind": "eft"})
     return out
 
 
@@ -81,14 +83,15 @@ def corrupt_step(step: str, rng: random.Random) -> str | None:
     return step[:last_start] + str(wrong) + step[last_end:]
 
 
-def builtin_corrupted_steps(n: int, seed: int):
+def builtin_corrupted_steps(n: int, seed: int, difficulty=None):
     """``n`` (problem, step index, wrong step) triples from the built-in task: one step of a correct reference
-    solution with its result changed, so which step is better is known."""
-    from openrlhf_psr.data.arith import make_problem
+    solution with its result changed, so which step is better is known. ``difficulty`` (an
+    :class:`~openrlhf_psr.data.arith.Difficulty`; None = the defaults) shapes the problems as the prompts' are."""
+    from openrlhf_psr.data.arith import DEFAULT, make_problem
 
     rng, index, made = random.Random(seed), 0, 0
     while made < n:
-        p = make_problem(seed, index)
+        p = make_problem(seed, index, difficulty=difficulty or DEFAULT)
         index += 1
         k = rng.randrange(len(p.steps))
         wrong = corrupt_step(p.steps[k], rng)
@@ -97,25 +100,41 @@ def builtin_corrupted_steps(n: int, seed: int):
             yield p, k, wrong
 
 
-def builtin_sft(n_ift: int = 64, n_eft: int = 64, seed: int = 0) -> list[dict]:
-    """IFT and EFT records from the built-in arithmetic task (different problems for each)."""
-    from openrlhf_psr.data.arith import make_problem
+def builtin_sft(n_ift: int = 64, n_eft: int = 64, seed: int = 0, difficulty=None) -> list[dict]:
+    """IFT and EFT records from the built-in arithmetic task (different problems for each), at ``difficulty`` (an
+    :class:`~openrlhf_psr.data.arith.Difficulty`; None = the defaults), so M1 learns the task it will be asked.
 
-    records = [ift_record(p.question, p.steps) for p in (make_problem(seed, i) for i in range(n_ift))]
-    for p, k, wrong in builtin_corrupted_steps(n_eft, seed + 7919):  # another seed: problems unlike the IFT ones
-        records += eft_records(p.question, p.steps[:k], p.steps[k], wrong, "its arithmetic result is incorrect.")
+    >>> from openrlhf_psr.data.arith import Difficulty
+    >>> easy = builtin_sft(4, 0, difficulty=Difficulty(min_ops=1, max_ops=1))
+    >>> [r["output"].count("Step ") for r in easy]
+    [1, 1, 1, 1]
+    """
+    from openrlhf_psr.data.arith import DEFAULT, make_problem
+
+    d = difficulty or DEFAULT
+    records = [ift_record(p.question, p.steps) for p in (make_problem(seed, i, difficulty=d) for i in range(n_ift))]
+    for p, k, wrong in builtin_corrupted_steps(n_eft, seed + 7919, d):  # another seed: problems unlike the IFT ones
+        records += eft_records(builtin_judged_pair(p, k, wrong))
     return records
 
 
-def builtin_step_pairs(n: int, seed: int = 0) -> list[dict]:
-    """Plain step-pair rows (``prompt, prefix_steps, chosen, rejected, is_final``) from the built-in task: the
-    reference step against the same step with a wrong result; a non-final step keeps its "\\n" separator."""
+def builtin_judged_pair(problem, k: int, wrong: str) -> JudgedStepPair:
+    """Step ``k`` of a built-in problem's reference solution against ``wrong``, the same step with a wrong result
+    (a triple of :func:`builtin_corrupted_steps`)."""
+    return JudgedStepPair(problem.question, tuple(problem.steps[:k]), problem.steps[k], wrong,
+                          rationale="its arithmetic result is incorrect.", is_final=k == len(problem.steps) - 1,
+                          source=f"{problem.id}#step{k + 1}")  # fmt: skip
+
+
+def builtin_step_pairs(n: int, seed: int = 0, difficulty=None) -> list[dict]:
+    """Plain step-pair rows (:class:`~openrlhf_psr.records.JudgedStepPair` JSON: ``prompt, prefix_steps, chosen,
+    rejected, is_final``, ...) from the built-in task: the reference step against the same step with a wrong result;
+    a non-final step keeps its "\\n" separator."""
     rows = []
-    for p, k, wrong in builtin_corrupted_steps(n, seed):
-        final = k == len(p.steps) - 1
-        sep = "" if final else "\n"
-        rows.append({"prompt": p.question, "prefix_steps": list(p.steps[:k]), "chosen": p.steps[k] + sep,
-                     "rejected": wrong + sep, "is_final": final})  # fmt: skip
+    for p, k, wrong in builtin_corrupted_steps(n, seed, difficulty):
+        pair = builtin_judged_pair(p, k, wrong)
+        sep = "" if pair.is_final else "\n"
+        rows.append(replace(pair, better=pair.better + sep, worse=pair.worse + sep).to_json())
     return rows
 
 
@@ -151,18 +170,7 @@ def prm800k_eft(path: str | Path, limit: int | None = None, seed: int = 0, ratio
     pairs = human_step_pairs(path)
     if limit is not None and limit < len(pairs):
         pairs = random.Random(seed).sample(pairs, limit)
-    out = []
-    for p in pairs:
-        previous = [format_step(n, s) for n, s in enumerate(p.previous_steps, 1)]
-        step_no = len(previous) + 1
-        out += eft_records(
-            p.question,
-            previous,
-            format_step(step_no, p.chosen),
-            format_step(step_no, p.rejected),
-            p.rejected_reason if rationale else None,
-        )
-    return out
+    return [r for p in pairs for r in eft_records(p if rationale else replace(p, rationale=None))]
 
 
 # -- SRLM scoring EFT -------------------------------------------------------------------------------------------
@@ -242,19 +250,22 @@ def srlm_scoring_eft(solutions: Sequence[tuple[str, Sequence[str]]], seed: int =
     return records
 
 
-def srlm_source(kind: str, path: str | None, limit: int | None, seed: int = 0) -> list[dict]:
-    """``--eft srlm-builtin:N`` (N built-in problems) or ``--eft srlm-gsm8k:PATH[:N]`` (N GSM8K train problems):
+def srlm_source(source, seed: int = 0) -> list[dict]:
+    """``srlm-builtin:arith?n=N`` (N built-in problems, default 64, at the source's difficulty) or
+    ``srlm-gsm8k:PATH[?limit=N]`` (N GSM8K train problems), a parsed :class:`~openrlhf_psr.data.sources.Source`:
     six graded whole solutions per problem (the grades 0..5) with the SRLM scoring prompt."""
-    if kind == "srlm-builtin":
+    if source.kind == "srlm-builtin":
         from openrlhf_psr.data.arith import make_problem
 
-        made = (make_problem(seed + 104729, i) for i in range(limit or 64))  # problems unlike the IFT ones
-        return srlm_scoring_eft([(p.question, p.steps) for p in made], seed)
-    if kind == "srlm-gsm8k":
+        base, difficulty = source.get("seed", seed), source.difficulty()
+        made = (make_problem(base + 104729, i, difficulty=difficulty) for i in range(source.get("n", 64)))
+        return srlm_scoring_eft([(p.question, p.steps) for p in made], seed)  # problems unlike the IFT ones
+    if source.kind == "srlm-gsm8k":
         from openrlhf_psr.io import read_jsonl
 
+        path, limit = source.path, source.get("limit")
         items, unreadable = [], []
-        for line, row in enumerate(read_jsonl(Path(path)), 1):
+        for line, row in enumerate(read_jsonl(path), 1):
             for key in ("question", "answer"):
                 if not isinstance(row.get(key), str):
                     raise ValueError(f"{path}:{line}: field {key!r} is missing or not text (srlm-gsm8k)")
@@ -271,7 +282,7 @@ def srlm_source(kind: str, path: str | None, limit: int | None, seed: int = 0) -
         if limit is not None and limit < len(items):
             items = random.Random(seed).sample(items, limit)
         return srlm_scoring_eft(items, seed)
-    raise ValueError(f"unknown SRLM scoring source {kind!r}; expected srlm-builtin:N or srlm-gsm8k:PATH[:N]")
+    raise ValueError(f"{source}: expected an srlm-builtin or srlm-gsm8k source")
 
 
 def segment_solutions(engine, items: Sequence[tuple[str, str]], *, max_tokens: int = 1024, chat_template=True):

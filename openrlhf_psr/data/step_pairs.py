@@ -21,14 +21,30 @@ OpenRLHF's ``DPOTrainer`` loop as ``(ids, segments, positions, reference_logps, 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from openrlhf_psr.errors import DataError, MissingField
 from openrlhf_psr.io import ShardStore, read_jsonl
 from openrlhf_psr.prompts import prompt_token_ids, render_step_prompt
+from openrlhf_psr.records import JudgedStepPair, PairRecord, Trajectory, read_records
 from openrlhf_psr.steps import extract_boxed
+
+PAD, PREFIX, CHOSEN, REJECTED = 0, 1, 2, 3  # segment ids of a packed row
+
+
+def pack_pair(prefix: Sequence[int], chosen: Sequence[int], rejected: Sequence[int]):
+    """(ids, segments, positions) of one packed pair, as lists: both branches restart where the prefix ends.
+
+    >>> pack_pair([7, 8], [9], [5, 6])
+    ([7, 8, 9, 5, 6], [1, 1, 2, 3, 3], [0, 1, 2, 2, 3])
+    """
+    ids = list(prefix) + list(chosen) + list(rejected)
+    segments = [PREFIX] * len(prefix) + [CHOSEN] * len(chosen) + [REJECTED] * len(rejected)
+    p = len(prefix)
+    positions = list(range(p)) + list(range(p, p + len(chosen))) + list(range(p, p + len(rejected)))
+    return ids, segments, positions
 
 
 @dataclass(frozen=True)
@@ -65,21 +81,16 @@ def pairs_from_search(directory: str | Path) -> Iterator[StepPair]:
     """Pair records as generated; where the question ends comes from the problem's trajectory (its
     ``prompt_ids``), or is the whole prompt for a pair without accepted prefix steps (SRLM)."""
     store = ShardStore(directory)
-    question = {t["problem_id"]: t["prompt_ids"] for t in store.read("trajectories") if t.get("prompt_ids")}
-    for record in store.read("pairs"):
-        prompt = tuple(record["prompt_ids"])
-        head = question.get(record["problem_id"])
+    trajectories = read_records(store.read_located("trajectories"), Trajectory)
+    question = {t.problem_id: t.prompt_ids for t in trajectories if t.prompt_ids}
+    for record in read_records(store.read_located("pairs"), PairRecord):
+        prompt = tuple(record.prompt_ids)
+        head = question.get(record.problem_id)
         if head is not None and tuple(head) == prompt[: len(head)]:
             question_len = len(head)
         else:
-            question_len = len(prompt) if not record.get("prefix_steps") and head is None else None
-        yield StepPair(
-            prompt,
-            tuple(record["chosen_ids"]),
-            tuple(record["rejected_ids"]),
-            f"{record['problem_id']}/step{record['step_index']}",
-            question_len,
-        )
+            question_len = len(prompt) if not record.prefix_steps and head is None else None
+        yield StepPair(prompt, tuple(record.chosen_ids), tuple(record.rejected_ids), record.source, question_len)
 
 
 def pairs_from_jsonl(
@@ -97,34 +108,45 @@ def pairs_from_jsonl(
     """Tokenise plain step-pair rows; a missing field is an error naming the file and line."""
     if prompt_template not in ("psr", "raw"):
         raise ValueError(f"prompt_template {prompt_template!r}: expected 'psr' (the paper's step prompt) or 'raw'")
-    eos = tokenizer.eos_token_id
     for line, row in enumerate(read_jsonl(Path(path)), 1):
         for key in (prompt_key, chosen_key, rejected_key):
             if key not in row:
                 raise MissingField(f"{path}:{line}: missing field {key!r} (fields: {sorted(row)})")
             if row[key] is None:
                 raise DataError(f"{path}:{line}: field {key!r} is null; expected text")
-        problem = str(row[prompt_key])
-        text = render_step_prompt(problem) if prompt_template == "psr" else problem
-        ids = prompt_token_ids(tokenizer, text, chat_template=chat_template)
-        question_len = len(ids)
         prefix = row.get(prefix_key) or []
         if isinstance(prefix, str):
             prefix = [prefix]
         if any(s is None for s in prefix):
             raise DataError(f"{path}:{line}: field {prefix_key!r} holds a null step; expected text")
-        prefix_text = "".join(s if s.endswith(("\n", " ")) else s + "\n" for s in map(str, prefix))
-        if prefix_text:
-            ids = ids + tokenizer.encode(prefix_text, add_special_tokens=False)
-        steps = []
-        for key in (chosen_key, rejected_key):
-            step = str(row[key])
-            final = bool(row[final_key]) if final_key in row else extract_boxed(step) is not None
-            step_ids = tokenizer.encode(step, add_special_tokens=False) if step.strip() else []
-            if step_ids and final and eos is not None:
-                step_ids = step_ids + [eos]
-            steps.append(tuple(step_ids))
-        yield StepPair(tuple(ids), steps[0], steps[1], f"{path}:{line}", question_len)
+        final = bool(row[final_key]) if final_key in row else None
+        pair = JudgedStepPair(str(row[prompt_key]), tuple(map(str, prefix)), str(row[chosen_key]),
+                              str(row[rejected_key]), is_final=final, source=f"{path}:{line}")  # fmt: skip
+        yield tokenize_pair(pair, tokenizer, prompt_template=prompt_template, chat_template=chat_template)
+
+
+def tokenize_pair(
+    pair: JudgedStepPair, tokenizer, *, prompt_template: str = "psr", chat_template: bool = True
+) -> StepPair:
+    """A judged step pair as token ids: the problem rendered (``psr``: the paper's step prompt; ``raw``: as is) and
+    wrapped in the chat template (knob), the prefix steps tokenised after it (a step without trailing whitespace gets
+    ``"\\n"``), each step on its own (so the prompt mask is exact even where BPE would merge across the boundary),
+    EOS after a final step only (``is_final``, else "holds a complete ``\\boxed{}``")."""
+    text = render_step_prompt(pair.question) if prompt_template == "psr" else pair.question
+    ids = prompt_token_ids(tokenizer, text, chat_template=chat_template)
+    question_len = len(ids)
+    prefix_text = "".join(s if s.endswith(("\n", " ")) else s + "\n" for s in pair.previous_steps)
+    if prefix_text:
+        ids = ids + tokenizer.encode(prefix_text, add_special_tokens=False)
+    eos = tokenizer.eos_token_id
+    steps = []
+    for step in (pair.better, pair.worse):
+        final = pair.is_final if pair.is_final is not None else extract_boxed(step) is not None
+        step_ids = tokenizer.encode(step, add_special_tokens=False) if step.strip() else []
+        if step_ids and final and eos is not None:
+            step_ids = step_ids + [eos]
+        steps.append(tuple(step_ids))
+    return StepPair(tuple(ids), steps[0], steps[1], pair.source, question_len)
 
 
 def load_step_pairs(source: str | Path, tokenizer=None, **jsonl_options) -> Iterator[StepPair]:
@@ -147,8 +169,6 @@ class StepPairDataset:
     """Packed ``[prefix | chosen | rejected]`` rows (a torch ``Dataset`` by protocol: ``__len__``/``__getitem__``)."""
 
     def __init__(self, pairs: Iterable[StepPair], max_len: int, pad_token_id: int):
-        from openrlhf_psr.trainers.shared_prefix import pack_pair
-
         self.stats = PairStats()
         self.pad_token_id = pad_token_id
         self.items: list[tuple[list[int], list[int], list[int]]] = []
@@ -185,11 +205,6 @@ class StepPairDataset:
     def __getitem__(self, index: int):
         ref = self.reference[index] if self.reference is not None else (math.nan, math.nan)
         return (*self.items[index], ref, index)
-
-    def token_counts(self) -> tuple[int, int]:
-        """(prefix tokens, step tokens) over the dataset: the data behind the shared-prefix FLOP ceiling."""
-        prefix = sum(seg.count(1) for _, seg, _ in self.items)
-        return prefix, sum(len(seg) for _, seg, _ in self.items) - prefix
 
     def collate_fn(self, batch):
         """Pad packed rows; returns the five slots of OpenRLHF's DPO loop (see module docstring)."""

@@ -57,6 +57,20 @@ class Engine(ABC):
             f"{type(self).__name__} cannot score given continuations (prompt log-probs); use the 'vllm' generator"
         )
 
+    def next_token_logprobs(
+        self, prompts: Sequence[Sequence[int]], token_ids: Sequence[int], *, affinity: Sequence[str | None] = ()
+    ) -> list[list[float]]:
+        """For each prompt: the log-probability (softmax over the whole vocabulary, fp32) of each of ``token_ids``
+        as the next token, all prompts in one batched call; ``affinity`` (one key per prompt, optional) pins
+        prompts to engines as ``SampleRequest.affinity`` does.
+
+        Used by the logit judge (P("A") vs P("B") at the verdict position, read from the generation engine, so no
+        second copy of the model). Prompts that share a prefix reuse the engine's prefix cache. An engine that
+        cannot return logprobs of given tokens raises NotImplementedError (the logit judge then falls back to a
+        transformers forward).
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot return next-token log-probs of given tokens")
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the engine's resources."""
 
@@ -82,6 +96,27 @@ def to_vllm_params(request: SampleRequest):
     )
 
 
+def next_token_params(token_ids: Sequence[int]):
+    """vLLM ``SamplingParams`` that score ``token_ids`` as the next token: one greedy token generated (discarded)
+    and ``logprob_token_ids``, so every asked token is returned whatever its rank (a top-K list could miss "B").
+
+    vLLM reads these as raw log-probs: ``log_softmax`` in fp32 of the model's logits, before any sampling setting.
+    """
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    return SamplingParams(
+        output_kind=RequestOutputKind.FINAL_ONLY, n=1, temperature=0.0, max_tokens=1,
+        logprob_token_ids=list(token_ids), detokenize=False,
+    )  # fmt: skip
+
+
+def read_next_token_logprobs(output, token_ids: Sequence[int]) -> list[float]:
+    """The log-probs of ``token_ids`` from a ``RequestOutput`` of :func:`next_token_params`."""
+    [position] = output.outputs[0].logprobs[:1]
+    return [float(position[t].logprob) for t in token_ids]
+
+
 def from_vllm_output(output) -> list[Sample]:
     return [Sample(c.text, tuple(c.token_ids), c.finish_reason or "length", c.stop_reason) for c in output.outputs]
 
@@ -93,6 +128,7 @@ class CountingEngine(Engine):
         self.inner = inner
         self.tokenizer = inner.tokenizer
         self.calls = self.requests = self.sequences = self.generated_tokens = self.scored_tokens = 0
+        self.scored_prompts = 0  # prompts scored by next_token_logprobs (logit judge comparisons)
 
     def generate(self, requests: Sequence[SampleRequest]) -> list[list[Sample]]:
         out = self.inner.generate(requests)
@@ -106,6 +142,12 @@ class CountingEngine(Engine):
         out = self.inner.continuation_logprobs(items)
         self.calls += 1
         self.scored_tokens += sum(len(c) for _, c in items)
+        return out
+
+    def next_token_logprobs(self, prompts, token_ids, *, affinity=()):
+        out = self.inner.next_token_logprobs(prompts, token_ids, affinity=affinity)
+        self.calls += 1
+        self.scored_prompts += len(prompts)
         return out
 
     def close(self) -> None:

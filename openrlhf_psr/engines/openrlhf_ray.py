@@ -10,7 +10,14 @@ import dataclasses
 import os
 import zlib
 
-from openrlhf_psr.engines.base import Engine, from_vllm_output, to_vllm_params
+from openrlhf_psr.engines.base import (
+    Engine,
+    SampleRequest,
+    from_vllm_output,
+    next_token_params,
+    read_next_token_logprobs,
+    to_vllm_params,
+)
 from openrlhf_psr.model_cache import resolve_model
 
 # Environment that must reach Ray workers (the engine actors and the processes they spawn).
@@ -83,6 +90,28 @@ def _placement_group_ids() -> set[str]:
     return {pg_id for pg_id, info in placement_group_table().items() if info.get("state") != "REMOVED"}
 
 
+def check_engines_fit(cluster_gpus: float, num_engines: int, tensor_parallel_size: int) -> None:
+    """Refuse, in one line, engines the cluster cannot place: upstream's placement group would wait for them forever.
+
+    >>> check_engines_fit(8, 2, 4)
+    >>> from openrlhf_psr.errors import UserError
+    >>> try:
+    ...     check_engines_fit(1, 8, 1)
+    ... except UserError as exc:
+    ...     print(str(exc)[:47])
+    8 vLLM engines x tensor parallel 1 need 8 GPUs,
+    """
+    from openrlhf_psr.errors import UserError
+
+    need = num_engines * tensor_parallel_size
+    if need > cluster_gpus:
+        raise UserError(
+            f"{num_engines} vLLM engines x tensor parallel {tensor_parallel_size} need {need} GPUs, the Ray cluster "
+            f"has {cluster_gpus:g}: lower cluster.search/cluster.eval engines or tensor_parallel_size, or set "
+            "cluster.gpus_per_node / cluster.nodes to the cluster's"
+        )
+
+
 def create_engines(
     model: str,
     *,
@@ -98,8 +127,10 @@ def create_engines(
     from openrlhf_psr.compat import install
 
     install()
+    import ray
     from openrlhf.trainer.ray.vllm_engine import create_vllm_engines
 
+    check_engines_fit(ray.cluster_resources().get("GPU", 0), num_engines, tensor_parallel_size)
     before = _placement_group_ids()
     engines = create_vllm_engines(
         num_engines,
@@ -160,6 +191,21 @@ class OpenRLHFRayEngine(Engine):
             for r in requests
         ]
         return [from_vllm_output(o) for o in ray.get(refs)]
+
+    def next_token_logprobs(self, prompts, token_ids, *, affinity=()) -> list[list[float]]:
+        """Log-probs of ``token_ids`` as the next token of each prompt: every prompt submitted at once to the engine
+        its affinity key pins it to (the engine that holds its problem's prefix), one greedy token each."""
+        import ray
+
+        params = next_token_params(token_ids)
+        keys = list(affinity) or [None] * len(prompts)
+        refs = [
+            self.engines[engine_index(SampleRequest(tuple(p), affinity=key), len(self.engines))].generate.remote(
+                prompt_token_ids=list(p), sampling_params=params
+            )
+            for p, key in zip(prompts, keys, strict=True)
+        ]
+        return [read_next_token_logprobs(o, token_ids) for o in ray.get(refs)]
 
     def close(self):
         """Stop the engines and give their GPUs back (upstream's placement group would hold them otherwise)."""

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import os
 
-from openrlhf_psr.engines.base import Engine, from_vllm_output, to_vllm_params
+from openrlhf_psr.engines.base import (
+    Engine,
+    from_vllm_output,
+    next_token_params,
+    read_next_token_logprobs,
+    to_vllm_params,
+)
 from openrlhf_psr.model_cache import resolve_model
 
 
@@ -17,11 +23,15 @@ def create_llm(
     enforce_eager: bool | None = None,
     kv_cache_gib: int = 2,
     dtype: str = "bfloat16",
+    head_dtype: str = "float32",
     **kwargs,
 ):
     """Build ``vllm.LLM`` for ``model`` (``default`` resolves to the embedded model).
 
-    ``enforce_eager`` defaults to True without CUDA (see below) and False with it.
+    ``enforce_eager`` defaults to True without CUDA (see below) and False with it. ``head_dtype`` is the dtype of
+    the LM head's projection (vLLM's ``hf_overrides``): fp32 by default, so the logit judge's P("A")/P("B") read
+    from this engine are the fp32 verdict logits SPEC asks for (in bf16 close logits round to equal ones);
+    ``"model"`` keeps the model's dtype.
 
     On CPU the KV cache is sized by ``VLLM_CPU_KVCACHE_SPACE`` (GiB), which must be set before the engine starts;
     an explicit environment value wins over ``kv_cache_gib``. Scripts that call this must guard their entry with
@@ -44,6 +54,8 @@ def create_llm(
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(kv_cache_gib)))
     from vllm import LLM
 
+    if head_dtype != "model":
+        kwargs["hf_overrides"] = {"head_dtype": head_dtype, **(kwargs.get("hf_overrides") or {})}
     return LLM(
         model=resolve_model(model),
         seed=seed,
@@ -120,6 +132,17 @@ class VLLMLocalEngine(Engine):
             if stale:
                 score(stale, read_cache=False)
         return results  # type: ignore[return-value]
+
+    def next_token_logprobs(self, prompts, token_ids, *, affinity=()) -> list[list[float]]:
+        """Log-probs of ``token_ids`` as the next token of each prompt, one batched ``generate`` call (the shared
+        judge-prompt prefix of a problem's comparisons comes from the prefix cache)."""
+        from vllm.inputs import TokensPrompt
+
+        if not prompts:
+            return []
+        params = next_token_params(token_ids)
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False)
+        return [read_next_token_logprobs(o, token_ids) for o in outputs]
 
     def close(self):
         del self.llm

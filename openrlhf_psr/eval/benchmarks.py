@@ -1,7 +1,8 @@
 """The paper's benchmarks (Table 1) and their gold-answer rules, from local JSONL or a Hugging Face dataset.
 
 Local layout (as ../shared/data/eval): ``<root>/<name>/test.jsonl``. A benchmark can be pointed at any other file
-or dataset name with ``source``. A benchmark is kept whole unless ``limit`` is given (a seeded subset, for CPU
+or dataset with ``source``, a spec of the source grammar (``jsonl:PATH``, ``hf:NAME[:CONFIG]``, see
+:mod:`openrlhf_psr.data.sources`). A benchmark is kept whole unless ``limit`` is given (a seeded subset, for CPU
 runs); a file whose gold-answer field yields no answer under the benchmark's rule is an error naming file and field.
 """
 
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from openrlhf_psr.data.problems import Problem, load_problems
+from openrlhf_psr.data.sources import Source
 
 
 @dataclass(frozen=True)
@@ -34,11 +36,15 @@ BENCHMARKS = {
         Benchmark("amc23", "question", "answer", "raw", 40),
     )
 }
-PAPER_SIX = ("gsm8k", "math", "gaokao2023en", "olympiadbench", "aime24", "amc23")
 
 
 def load_benchmark(
-    name: str, *, root: str | Path | None = None, source: str | None = None, limit: int | None = None, seed: int = 0
+    name: str,
+    *,
+    root: str | Path | None = None,
+    source: str | Source | None = None,
+    limit: int | None = None,
+    seed: int = 0,
 ) -> list[Problem]:
     if name not in BENCHMARKS:
         raise KeyError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
@@ -46,7 +52,7 @@ def load_benchmark(
     if source is None:
         if root is None:
             raise ValueError(f"benchmark {name!r} needs a data root (e.g. ../shared/data/eval) or a source")
-        source = str(Path(root) / name / "test.jsonl")
+        source = Source("jsonl", str(Path(root) / name / "test.jsonl"))
     problems = load_problems(
         source,
         question_key=bench.question_key,

@@ -3,26 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from openrlhf_psr.judges.base import Comparison, PairwiseJudge
+from openrlhf_psr.records import JudgedStepPair, aggregate_pair
+
+LabelledPair = JudgedStepPair  # the former name of a judged step pair
 
 
-@dataclass(frozen=True)
-class LabelledPair:
-    question: str
-    previous_steps: tuple[str, ...]
-    better: str
-    worse: str
-
-
-def judge_accuracy(judge: PairwiseJudge, pairs: Sequence[LabelledPair]) -> dict:
+def judge_accuracy(judge: PairwiseJudge, pairs: Sequence[JudgedStepPair]) -> dict:
     """Both orders of every pair in one judge batch.
 
     - ``accuracy``: verdicts that pick the better step, over all 2N ordered comparisons (abstentions count wrong);
     - ``pair_accuracy``: pairs right in both orders; ``consistency``: pairs whose two verdicts name the same step;
     - ``abstention_rate``; ``prob_accuracy``: pairs where the mean P(better) over both orders is > 0.5 (judges that
-      give probabilities only, e.g. the logit judge).
+      give probabilities only, e.g. the logit judge; a NaN probability leaves its pair out).
+
+    Each pair's two orders go through :func:`openrlhf_psr.records.aggregate_pair` (better = candidate 0), the same
+    aggregation the search's tournament uses.
     """
     comparisons = []
     for p in pairs:
@@ -34,14 +31,13 @@ def judge_accuracy(judge: PairwiseJudge, pairs: Sequence[LabelledPair]) -> dict:
     right = consistent = both_right = abstained = 0
     probs = []
     for k in range(len(pairs)):
-        first, second = judgments[2 * k].verdict, judgments[2 * k + 1].verdict
-        a_right, b_right = first.winner == "A", second.winner == "B"
-        right += a_right + b_right
-        both_right += a_right and b_right
-        abstained += (first.winner is None) + (second.winner is None)
-        consistent += first.winner is not None and second.winner is not None and first.winner != second.winner
-        if first.p_a is not None and second.p_a is not None:
-            probs.append((first.p_a + (1.0 - second.p_a)) / 2)
+        outcome = aggregate_pair(0, 1, judgments[2 * k].verdict, judgments[2 * k + 1].verdict, aggregate="prob")
+        right += outcome.votes_i
+        both_right += outcome.votes_i == 2
+        abstained += 2 - outcome.votes_i - outcome.votes_j
+        consistent += outcome.consistent
+        if outcome.p_i is not None:
+            probs.append(outcome.p_i)
     n = len(pairs)
     return {
         "pairs": n,

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from openrlhf_psr.prompts import render_judge_prompt
-from openrlhf_psr.tournament import Verdict
+from openrlhf_psr.records import Judgment, Verdict  # noqa: F401 - the judge's output types, re-exported
 
 
 @dataclass(frozen=True)
@@ -25,14 +25,6 @@ class Comparison:
 
     def prompt(self) -> str:
         return render_judge_prompt(self.question, list(self.previous_steps), self.step_a, self.step_b)
-
-
-@dataclass(frozen=True)
-class Judgment:
-    """A verdict plus what produced it (the judge's raw text, or nothing for a logit judge)."""
-
-    verdict: Verdict
-    raw: str | None = None
 
 
 @dataclass

@@ -12,7 +12,7 @@ from openrlhf_psr.engines.base import Engine, SampleRequest
 from openrlhf_psr.judges.base import Comparison, JudgeContext, Judgment, PairwiseJudge
 from openrlhf_psr.judges.guard import guarded_prompt_ids
 from openrlhf_psr.judges.verdict import parse_verdict
-from openrlhf_psr.tournament import Verdict
+from openrlhf_psr.records import Verdict
 
 
 class GenerativeJudge(PairwiseJudge):

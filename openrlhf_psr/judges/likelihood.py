@@ -28,7 +28,7 @@ from typing import Literal
 from openrlhf_psr.judges.base import Comparison, JudgeContext, Judgment, PairwiseJudge
 from openrlhf_psr.judges.guard import encode_plain
 from openrlhf_psr.prompts import prompt_token_ids, render_step_prompt
-from openrlhf_psr.tournament import Verdict
+from openrlhf_psr.records import Verdict
 
 Score = Literal["mean", "sum", "implicit"]
 

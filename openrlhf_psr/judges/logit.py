@@ -1,9 +1,11 @@
 """The logit judge: the paper's judge prompt, but P("A") vs P("B") read at the verdict position in one forward.
 
-Small judges follow the verdict format poorly; reading the two verdict logits needs no explanation and never
-abstains. The prompt ends right where the verdict token goes (``... [[``); the hidden state there is projected onto
-the output rows of "A" and "B" **in fp32** (SPEC: in bf16 the two logits are often equal, which turns into a
-constant "A"). ``p_a`` is returned so the tournament can average probabilities over both orders.
+Small judges follow the verdict format poorly; reading the two verdict probabilities needs no explanation. The
+prompt ends right where the verdict token goes (``... [[``). By default the log-probs of "A" and "B" there come from
+the generation engine itself (``Engine.next_token_logprobs``: one batched, prefix-cached call; vLLM's log-softmax is
+fp32); a transformers forward that projects the hidden state onto the two output rows **in fp32** is the fallback
+(SPEC: in bf16 the two logits are often equal, which turns into a constant "A"). An exact tie abstains. ``p_a`` is
+returned so the tournament can average probabilities over both orders.
 
 Candidate text is placed with ``judges.guard.guarded_prompt_ids``, like the generative judge's: a step cannot close
 the user turn and start the judge's answer with its own ``[[``.
@@ -11,11 +13,12 @@ the user turn and start the judge's answer with its own ``[[``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from openrlhf_psr.judges.base import Comparison, JudgeContext, Judgment, PairwiseJudge
 from openrlhf_psr.judges.guard import guarded_prompt_ids
-from openrlhf_psr.tournament import Verdict
+from openrlhf_psr.records import Verdict
 
 VERDICT_OPENING = "[["
 
@@ -32,40 +35,115 @@ def verdict_token_ids(tokenizer, opening: str = VERDICT_OPENING) -> tuple[int, i
     return ids[0], ids[1]
 
 
+def p_a_from_logprobs(logprob_a: float, logprob_b: float) -> float:
+    """P("A") of the two-way softmax over the verdict tokens, from their log-probs (or logits: only the difference
+    counts); NaN when either is not finite.
+
+    >>> p_a_from_logprobs(-1.0, -1.0), round(p_a_from_logprobs(-0.1, -2.4), 4), p_a_from_logprobs(-1e9, 0.0)
+    (0.5, 0.9089, 0.0)
+    >>> p_a_from_logprobs(float("-inf"), -1.0)
+    nan
+    """
+    if not (math.isfinite(logprob_a) and math.isfinite(logprob_b)):
+        return math.nan
+    diff = logprob_b - logprob_a
+    return 1.0 / (1.0 + math.exp(diff)) if diff < 700 else 0.0
+
+
+def verdict_from_p_a(p: float) -> Verdict:
+    """The verdict for P("A"): the likelier letter; an exact tie (equal logits) or a NaN abstains.
+
+    >>> verdict_from_p_a(0.7), verdict_from_p_a(0.5).winner, verdict_from_p_a(float("nan"))
+    (Verdict(winner='A', p_a=0.7), None, Verdict(winner=None, p_a=None))
+    """
+    if math.isnan(p):
+        return Verdict(None, None)
+    return Verdict("A" if p > 0.5 else "B" if p < 0.5 else None, p_a=p)
+
+
 class LogitJudge(PairwiseJudge):
-    """Reads the verdict from logits with a transformers model (batched, left-padded, one forward per batch).
+    """Reads the verdict from the verdict position's next-token distribution.
+
+    Two ways to read it, same prompt ids:
+
+    - ``engine`` (default when the policy's engine can): ``Engine.next_token_logprobs`` of the generation engine
+      (the in-process ``vllm`` engine or OpenRLHF's Ray engines) -- one batched call per ``judge`` call, the
+      problem's shared judge-prompt prefix from the engine's prefix cache, no second copy of the model. vLLM
+      computes the log-softmax in fp32 from the model's logits.
+    - ``transformers`` (the fallback when the engine cannot, e.g. ``openai_http``, or a judge model other than the
+      policy): a transformers forward (batched, left-padded), the hidden state projected onto the "A"/"B" rows
+      in fp32.
 
     Args:
-        model: a model name or path (``default`` allowed) or a loaded ``PreTrainedModel``.
-        tokenizer: its tokenizer (loaded from ``model`` when a path is given).
-        dtype: dtype of the transformer body; the verdict head is always computed in fp32.
-        batch_size: comparisons per forward.
+        model: a model name or path (``default`` allowed) or a loaded ``PreTrainedModel``; only the
+            ``transformers`` backend loads it.
+        tokenizer: its tokenizer (the engine's, or loaded from ``model``).
+        engine: the generation engine to read logprobs from.
+        backend: ``auto`` (engine if it can, else transformers), ``engine`` or ``transformers``.
+        dtype: dtype of the transformers body; its verdict head is always computed in fp32.
+        batch_size: comparisons per transformers forward.
     """
 
     name = "logit"
 
-    def __init__(self, model, tokenizer=None, *, dtype: str = "bfloat16", batch_size: int = 8, chat_template=True):
+    def __init__(
+        self,
+        model=None,
+        tokenizer=None,
+        *,
+        engine=None,
+        backend: str = "auto",
+        dtype: str = "bfloat16",
+        batch_size: int = 8,
+        chat_template=True,
+    ):
+        if backend not in ("auto", "engine", "transformers"):
+            raise ValueError(f"logit judge: backend {backend!r}; expected auto, engine or transformers")
+        if backend == "engine" and engine is None:
+            raise ValueError("logit judge: backend 'engine' needs the generation engine; none was given")
+        if model is None and (engine is None or backend == "transformers"):
+            raise ValueError("logit judge: expected a model (name, path or loaded model) or an engine")
+        self.engine = engine if backend != "transformers" else None
+        self.backend = backend
+        self.model_source = model
+        self.dtype = dtype
+        self.batch_size = batch_size
+        self.chat_template = chat_template
+        self.model = self.head = None
+        if self.engine is None or not isinstance(model, str | type(None)):
+            self._load_transformers(tokenizer)
+        else:
+            self.tokenizer = tokenizer or engine.tokenizer
+        self.verdict_ids = verdict_token_ids(self.tokenizer)
+        self.opening_ids = self.tokenizer.encode(VERDICT_OPENING, add_special_tokens=False)
+
+    def _load_transformers(self, tokenizer=None) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from openrlhf_psr.model_cache import resolve_model
 
+        model = self.model_source
+        if model is None:
+            raise ValueError(
+                f"logit judge: the engine {type(self.engine).__name__} cannot return next-token log-probs and no "
+                "model was given for the transformers fallback"
+            )
         if isinstance(model, str):
             path = resolve_model(model)
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
-            tokenizer = tokenizer or AutoTokenizer.from_pretrained(path)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, self.dtype))
+            tokenizer = tokenizer or getattr(self, "tokenizer", None) or AutoTokenizer.from_pretrained(path)
         self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.batch_size = batch_size
-        self.chat_template = chat_template
-        a_id, b_id = verdict_token_ids(tokenizer)
+        self.tokenizer = tokenizer or getattr(self, "tokenizer", None)
+        a_id, b_id = verdict_token_ids(self.tokenizer)
         self.head = model.get_output_embeddings().weight[[a_id, b_id]].detach().float()
-        self.opening_ids = tokenizer.encode(VERDICT_OPENING, add_special_tokens=False)
 
     @classmethod
     def from_config(cls, context: JudgeContext, *, model: str | None = None, **kw) -> LogitJudge:
-        """The policy model itself unless ``model`` names another one."""
-        return cls(model or context.model, **kw)
+        """Self-judging on the policy's engine; ``model`` names another judge model (read with transformers)."""
+        if model is not None:
+            return cls(model, **kw)
+        return cls(context.model, engine=context.engine, **kw)
 
     def prompt_ids(self, comparison: Comparison) -> list[int]:
         """The guarded judge prompt (``judges.guard``) followed by the verdict opening ``[[``."""
@@ -73,7 +151,26 @@ class LogitJudge(PairwiseJudge):
         return ids + self.opening_ids
 
     def probabilities(self, comparisons: Sequence[Comparison]) -> list[float]:
-        """P(A is better) for each comparison."""
+        """P(A is better) for each comparison (NaN where the engine gave no finite log-probs)."""
+        if not comparisons:
+            return []
+        if self.engine is not None and self.model is None:
+            try:
+                return self._engine_probabilities(comparisons)
+            except NotImplementedError:
+                if self.backend == "engine":
+                    raise
+                self.engine = None  # this engine cannot: read the verdict with a transformers forward from now on
+                self._load_transformers(self.tokenizer)
+        return self._transformers_probabilities(comparisons)
+
+    def _engine_probabilities(self, comparisons: Sequence[Comparison]) -> list[float]:
+        prompts = [self.prompt_ids(c) for c in comparisons]
+        affinity = [c.question for c in comparisons]  # a problem's comparisons share one engine's prefix cache
+        rows = self.engine.next_token_logprobs(prompts, list(self.verdict_ids), affinity=affinity)
+        return [p_a_from_logprobs(a, b) for a, b in rows]
+
+    def _transformers_probabilities(self, comparisons: Sequence[Comparison]) -> list[float]:
         import torch
 
         out: list[float] = []
@@ -93,4 +190,4 @@ class LogitJudge(PairwiseJudge):
         return out
 
     def judge(self, comparisons: Sequence[Comparison]) -> list[Judgment]:
-        return [Judgment(Verdict("A" if p > 0.5 else "B", p_a=p)) for p in self.probabilities(comparisons)]
+        return [Judgment(verdict_from_p_a(p)) for p in self.probabilities(comparisons)]

@@ -29,8 +29,8 @@ from fractions import Fraction
 from typing import Literal
 
 from openrlhf_psr.judges.base import Comparison, Judgment, PairwiseJudge
+from openrlhf_psr.records import Verdict
 from openrlhf_psr.steps import extract_boxed, strip_marker
-from openrlhf_psr.tournament import Verdict
 
 Label = Literal["right", "unknown", "wrong"]
 _RANK = {"wrong": 0, "unknown": 1, "right": 2}

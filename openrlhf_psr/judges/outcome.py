@@ -11,8 +11,8 @@ from openrlhf_psr.engines.base import Engine, SampleRequest
 from openrlhf_psr.judges.base import Comparison, JudgeContext, Judgment, PairwiseJudge
 from openrlhf_psr.judges.guard import encode_plain, guarded_prompt_ids
 from openrlhf_psr.prompts import render_step_prompt
+from openrlhf_psr.records import Verdict
 from openrlhf_psr.steps import extract_boxed
-from openrlhf_psr.tournament import Verdict
 
 
 class OutcomeJudge(PairwiseJudge):

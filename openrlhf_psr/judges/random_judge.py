@@ -14,7 +14,7 @@ import json
 from collections.abc import Sequence
 
 from openrlhf_psr.judges.base import Comparison, Judgment, PairwiseJudge
-from openrlhf_psr.tournament import Verdict
+from openrlhf_psr.records import Verdict
 
 
 def coin(seed: int, *parts: object) -> float:

@@ -34,11 +34,10 @@ marker. Verdict-like text inside a candidate is still a warning sign, so the sea
 from __future__ import annotations
 
 import re
-from typing import Literal
+
+from openrlhf_psr.records import Winner
 
 __all__ = ["Winner", "contains_verdict_marker", "parse_verdict"]
-
-Winner = Literal["A", "B"]
 
 _VERDICT_RE = re.compile(r"\[\[[ \t]*([AB])[ \t]*\]\]")
 # Loose form: anything verdict-like (lowercase, any whitespace), used for candidates and for quotes.

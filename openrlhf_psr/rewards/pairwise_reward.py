@@ -3,9 +3,11 @@
 Upstream (``openrlhf.utils.agent.SingleTurnAgentExecutor``) loads a ``.py`` remote URL and calls
 ``reward_func(queries, prompts, labels)`` for each rollout, in a worker thread. Here the reward of a response is
 how the judge rates it against the reference solution in ``label``: the paper's judge prompt with the problem as
-context, the response and the reference as the two candidates, judged **in both orders**; the reward is the mean
-probability (logit judge) or the mean win (1 / 0.5 / 0) that the response is better. 0.5 therefore means "as good
-as the reference"; an abstention counts 0.5 in its order.
+context, the response and the reference as the two candidates, judged **in both orders**; the two orders are
+combined by the search's own rule (:func:`openrlhf_psr.records.aggregate_pair`, ``aggregate="prob"``): the reward is
+the mean probability that the response is better when both orders give one (logit judge), else the pair's win
+(1 / 0.5 / 0; an order that abstains leaves the other to decide alone). 0.5 therefore means "as good as the
+reference".
 
 Configure with environment variables (they reach Ray workers through ``--runtime-env-json``):
 ``PSR_REWARD_JUDGE`` (a judge name: ``logit`` (default), ``generative``, or ``module:attr``),
@@ -55,6 +57,7 @@ def response_of(query: str, prompt: str) -> str:
 def pairwise_rewards(judge, questions, responses, references) -> list[float]:
     """Both-order rewards for a batch (one judge call for all comparisons)."""
     from openrlhf_psr.judges.base import Comparison
+    from openrlhf_psr.records import aggregate_pair
 
     comparisons = []
     for q, r, ref in zip(questions, responses, references, strict=True):
@@ -62,17 +65,9 @@ def pairwise_rewards(judge, questions, responses, references) -> list[float]:
     judgments = judge.judge(comparisons)
     rewards = []
     for k in range(len(questions)):
-        first, second = judgments[2 * k].verdict, judgments[2 * k + 1].verdict
-        rewards.append((_p_better(first, "A") + _p_better(second, "B")) / 2)
+        outcome = aggregate_pair(0, 1, judgments[2 * k].verdict, judgments[2 * k + 1].verdict, aggregate="prob")
+        rewards.append(outcome.p_i if outcome.p_i is not None else outcome.score_i)
     return rewards
-
-
-def _p_better(verdict, side: str) -> float:
-    if verdict.p_a is not None:
-        return verdict.p_a if side == "A" else 1.0 - verdict.p_a
-    if verdict.winner is None:
-        return 0.5
-    return 1.0 if verdict.winner == side else 0.0
 
 
 def reward_func(queries, prompts, labels):

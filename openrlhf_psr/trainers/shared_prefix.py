@@ -12,20 +12,10 @@ Segment ids mark each packed position: 0 padding, 1 prefix, 2 chosen, 3 rejected
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
-PAD, PREFIX, CHOSEN, REJECTED = 0, 1, 2, 3
-
-
-def pack_pair(prefix: Sequence[int], chosen: Sequence[int], rejected: Sequence[int]):
-    """(ids, segments, positions) of one packed pair, as lists."""
-    ids = list(prefix) + list(chosen) + list(rejected)
-    segments = [PREFIX] * len(prefix) + [CHOSEN] * len(chosen) + [REJECTED] * len(rejected)
-    p = len(prefix)
-    positions = list(range(p)) + list(range(p, p + len(chosen))) + list(range(p, p + len(rejected)))
-    return ids, segments, positions
+# the packing itself is pure and lives with the dataset; re-exported for callers of this module
+from openrlhf_psr.data.step_pairs import CHOSEN, PAD, PREFIX, REJECTED, pack_pair  # noqa: F401
 
 
 def tree_mask(segments: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -60,13 +50,22 @@ def scored_positions(segments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return as_tensor(rows), as_tensor(preds), as_tensor(targets), as_tensor(branch)
 
 
-def causal_lm_parts(model):
-    """(decoder, output head) of a HF causal LM, through OpenRLHF's Actor / DeepSpeed / PEFT wrappers."""
-    while hasattr(model, "module") and not hasattr(model, "get_output_embeddings"):
-        model = model.module  # DeepSpeed engine
-    if hasattr(model, "model") and not hasattr(model, "get_output_embeddings"):
-        model = model.model  # openrlhf.models.Actor
-    return model.get_decoder(), model.get_output_embeddings()
+def root_module(model):
+    """The module whose call runs the whole causal LM: the DeepSpeed engine when there is one (its forward and
+    the root module's hooks are where ZeRO-3 starts and ends a forward's parameter trace, which its prefetch
+    needs), else the Hugging Face model; OpenRLHF's ``Actor`` is looked through (its forward scores whole
+    sequences)."""
+    if not hasattr(model, "get_output_embeddings") and hasattr(model, "model"):
+        model = model.model  # openrlhf.models.Actor -> DeepSpeed engine or HF model
+    return model
+
+
+def causal_lm(model):
+    """The Hugging Face causal LM inside ``model`` (an Actor, a DeepSpeed engine, or the model itself)."""
+    model = root_module(model)
+    while isinstance(model, torch.nn.Module) and "module" in model._modules:
+        model = model._modules["module"]  # DeepSpeed engine (which also passes unknown attributes on to it)
+    return model
 
 
 def branch_logps(
@@ -75,20 +74,38 @@ def branch_logps(
     """Summed log-probs of the chosen and rejected branches of each packed row, and their token counts.
 
     Returns ``(chosen_logps, rejected_logps, chosen_tokens, rejected_tokens)``, each ``(B,)``.
+
+    The forward is the root module's own (``model(...)``), so DeepSpeed's hooks fire as in any forward (ZeRO-3
+    records its parameter trace from the root's start to its end and prefetches from it). The head still runs
+    only at the scored positions: a hook on the decoder hands the head the hidden states of those positions
+    alone, as one ``(1, N, H)`` row, and the head computes exactly ``N`` logits inside the root forward.
     """
-    decoder, head = causal_lm_parts(model)
-    param = next(head.parameters())
-    hidden = decoder(
-        input_ids=ids, attention_mask=tree_mask(segments, param.dtype), position_ids=positions
-    ).last_hidden_state
+    hf = causal_lm(model)
+    decoder, head = hf.get_decoder(), hf.get_output_embeddings()
     rows, preds, targets, branch = scored_positions(segments)
-    logits = head(hidden[rows, preds]).float()
+
+    def scored_only(module, args, output):
+        output["last_hidden_state"] = output["last_hidden_state"][rows, preds][None]
+        return output
+
+    hook = decoder.register_forward_hook(scored_only)
+    try:
+        out = root_module(model)(
+            input_ids=ids,
+            attention_mask=tree_mask(segments, next(head.parameters()).dtype),
+            position_ids=positions,
+            use_cache=False,
+            logits_to_keep=0,  # every position of the (1, N, H) row the hook left: exactly the scored ones
+        )
+    finally:
+        hook.remove()
+    logits = out.logits[0].float()
     token_logps = torch.log_softmax(logits, dim=-1).gather(-1, ids[rows, targets][:, None]).squeeze(-1)
     batch = ids.shape[0]
-    out = []
+    result = []
     for kind in (CHOSEN, REJECTED):
         sel = branch == kind
         zeros = torch.zeros(batch, device=ids.device, dtype=token_logps.dtype)
-        out.append(zeros.index_add(0, rows[sel], token_logps[sel]))
+        result.append(zeros.index_add(0, rows[sel], token_logps[sel]))
     counts = [torch.bincount(rows[branch == kind], minlength=batch) for kind in (CHOSEN, REJECTED)]
-    return out[0], out[1], counts[0], counts[1]
+    return result[0], result[1], counts[0], counts[1]

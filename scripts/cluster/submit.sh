@@ -35,7 +35,8 @@ if [[ -n "${RUNS_DIR:-}" ]]; then
 fi
 RUNTIME_ENV=$(python3 -c 'import json, sys
 print(json.dumps({"working_dir": sys.argv[1],
-                  "env_vars": {"OPENRLHF_PSR_COMPAT": "auto", "OPENRLHF_PSR_BASE_DIR": sys.argv[2]}}))' \
+                  "env_vars": {"OPENRLHF_PSR_COMPAT": "auto", "OPENRLHF_PSR_BASE_DIR": sys.argv[2],
+                               "PYTHONUNBUFFERED": "1"}}))' \
   "$WORKING_DIR" "$BASE_DIR")
 ray job submit --address "$RAY_ADDRESS" --runtime-env-json "$RUNTIME_ENV" -- \
   python -m openrlhf_psr.cli.main run "$JOB_RECIPE" ${RUN_ARGS[@]+"${RUN_ARGS[@]}"} --set resources.launcher=local "$@"

@@ -17,8 +17,9 @@ def test_evaluate_cli_and_report_on_small_subsets(shared_data, tmp_path):
     prm = shared_data / "judge_eval" / "prm800k_phase1_test.stepwise.parquet"
     cmd = [
         sys.executable, "-m", "openrlhf_psr.cli.evaluate", "--model", "default", "--out", str(out),
-        "--data-root", str(shared_data / "eval"), "--benchmark", "gsm8k@3", "--benchmark", "math500@3",
-        "--benchmark", "arith@3", "--judge-set", f"prm800k={prm}@4", "--judge", "logit", "--judge", "generative",
+        "--data-root", str(shared_data / "eval"), "--benchmark", "gsm8k?limit=3", "--benchmark", "math500?limit=3",
+        "--benchmark", "arith?n=3", "--judge-set", f"prm800k:{prm}?limit=4",
+        "--judge", "logit", "--judge", "generative",
         "--judge-max-tokens", "16", "--max-tokens", "64", "--max-model-len", "2048",
         "--tts-width", "2", "--tts-benchmark", "arith", "--tts-max-rounds", "2",
     ]  # fmt: skip

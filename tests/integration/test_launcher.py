@@ -33,10 +33,9 @@ def tiny_recipe(tmp_path: Path, tiny_model: str, name: str, judge: str, **over) 
         "data": {"prompts": {"source": "builtin:arith?seed=5"}, "eval": {"benchmarks": []}},
         "stages": {"sft": {"enabled": False}, "iterations": 1, "prompts_per_iteration": [6]},
         "psr": {
-            "generator": {"name": "vllm", "settings": {"enforce_eager": True}},
+            "generator": {"name": "vllm", "settings": {"enforce_eager": True}, "max_model_len": 1024},
             "judge": {"name": judge},
-            "search": {"width": 3, "max_tokens_per_step": 12, "max_rounds": 4, "aggregate": "prob",
-                       "max_model_len": 1024},
+            "search": {"width": 3, "max_tokens_per_step": 12, "max_rounds": 4, "aggregate": "prob"},
         },
         "dpo": {"epochs": 2, "lr": 1e-4, "batch_size": 4, "micro_batch_size": 2, "max_len": 1024},
         "openrlhf": {"dpo": {"--ckpt.save_steps": 1, "--ckpt.max_num": 1}},

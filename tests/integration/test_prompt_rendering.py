@@ -43,10 +43,6 @@ class RecordingEngine(Engine):
         return out
 
 
-def _after(cmd: list[str], flag: str) -> str:
-    return cmd[cmd.index(flag) + 1]
-
-
 def _upstream_sft_dataset(command: list[str], tokenizer):
     """Upstream ``SFTDataset`` built exactly as ``openrlhf.cli.train_sft`` builds it from this command line."""
     from datasets import Dataset
@@ -82,7 +78,11 @@ def test_sft_trains_exactly_the_prompt_ids_that_search_judges_and_evaluation_sen
     from openrlhf_psr.launcher import RecipeRun
     from openrlhf_psr.recipe import load_recipe
 
-    overrides = [f"psr.chat_template={str(chat_template).lower()}", 'data.ift=["builtin:6"]', 'data.eft=["builtin:3"]']
+    overrides = [
+        f"psr.chat_template={str(chat_template).lower()}",
+        'data.ift=["builtin:arith?n=6"]',
+        'data.eft=["builtin:arith?n=3"]',
+    ]
     run = RecipeRun(load_recipe(RECIPES / "tiny_cpu.yaml", overrides), runs_dir=tmp_path)
     stages = {s.name: s for s in run.plan()}
     data_cmd = stages["sft_data"].command
@@ -90,8 +90,8 @@ def test_sft_trains_exactly_the_prompt_ids_that_search_judges_and_evaluation_sen
     rows, dataset = _upstream_sft_dataset(stages["sft"].command, tokenizer)
     assert len(dataset) == len(rows) == 6 + 2 * 3  # nothing filtered out
 
-    search_chat = _after(stages["iter_1/search"].command, "--chat-template") == "on"
-    eval_chat = _after(stages["eval_m0"].command, "--chat-template") == "on"
+    search_chat = stages["iter_1/search"].config["chat_template"]
+    eval_chat = stages["eval_m0"].config["chat_template"]
     assert search_chat == eval_chat == chat_template
     for k, row in enumerate(rows):
         input_ids, _, loss_mask = dataset[k]
@@ -167,7 +167,9 @@ def test_evaluation_judges_and_test_time_scaling_follow_the_recipe_format(tmp_pa
     monkeypatch.setattr(vllm_local, "VLLMLocalEngine", lambda **kw: engine)
     recipe = load_recipe(RECIPES / "tiny_cpu.yaml", [f"psr.chat_template={str(chat_template).lower()}",
                                                      'data.eval.judges=["generative"]'])  # fmt: skip
-    command = RecipeRun(recipe, runs_dir=tmp_path).plan()[0].command  # eval_m0, as the launcher runs it
+    stage = RecipeRun(recipe, runs_dir=tmp_path).plan()[0]  # eval_m0, as the launcher runs it
+    stage.write_config()
+    command = stage.command
     argv = command[command.index("openrlhf_psr.cli.evaluate") + 1 :]
     argv += ["--tts-benchmark", "arith", "--tts-width", "2", "--tts-max-rounds", "1"]  # the default TTS judge
     assert evaluate.main(argv) == 0

@@ -47,8 +47,8 @@ def test_readme_stage_commands_run_by_hand(default_model, tmp_path):
     problems.write_text("".join(json.dumps(r) + "\n" for r in rows))
     search = tmp_path / "runs" / "search_only"
     # openrlhf-psr search --model default --problems ... --answer-rule gsm8k --limit 8 --judge logit --aggregate prob
-    _run([*_openrlhf_psr(), "search", "--model", "default", "--problems", str(problems), "--answer-rule", "gsm8k",
-          "--limit", "2", "--judge", "logit", "--aggregate", "prob", "--out", str(search),
+    _run([*_openrlhf_psr(), "search", "--model", "default", "--problems", f"jsonl:{problems}",
+          "--answer-rule", "gsm8k", "--limit", "2", "--judge", "logit", "--aggregate", "prob", "--out", str(search),
           "--width", "3", "--temperature", "1.0", "--max-rounds", "2", "--max-tokens-per-step", "24",
           "--max-model-len", "1024"], timeout=900)  # fmt: skip
     summary = json.loads((search / "summary.json").read_text())
@@ -67,7 +67,7 @@ def test_readme_stage_commands_run_by_hand(default_model, tmp_path):
     run = tmp_path / "runs" / "by_hand"
     evaluation = run / "iter_1" / "eval"
     _run([sys.executable, "-m", "openrlhf_psr.cli.evaluate", "--model", str(model), "--out", str(evaluation),
-          "--benchmark", "arith@2", "--max-tokens", "48", "--max-model-len", "1024"], timeout=900)  # fmt: skip
+          "--benchmark", "arith?n=2", "--max-tokens", "48", "--max-model-len", "1024"], timeout=900)  # fmt: skip
     report = _run([*_openrlhf_psr(), "report", str(run)], timeout=300)
     assert "| M2 |" in report.stdout and (run / "report" / "summary.json").is_file()
 

@@ -99,8 +99,8 @@ def _without_seconds(result: dict) -> dict:
 def test_evaluation_killed_after_a_finished_benchmark_resumes_without_redoing_or_duplicating_it(tiny_model, tmp_path):
     def command(out: Path) -> list[str]:
         return [sys.executable, "-m", "openrlhf_psr.cli.evaluate", "--model", tiny_model, "--out", str(out),
-                "--benchmark", "arith@3", "--judge-set", "builtin@4", "--judge", "logit", "--max-tokens", "24",
-                "--max-model-len", "1024"]  # fmt: skip
+                "--benchmark", "arith?n=3", "--judge-set", "builtin:arith?n=4", "--judge", "logit",
+                "--max-tokens", "24", "--max-model-len", "1024"]  # fmt: skip
 
     straight = subprocess.run(command(tmp_path / "straight"), capture_output=True, text=True, timeout=900)
     assert straight.returncode == 0, straight.stderr[-4000:]

@@ -16,7 +16,7 @@ SMALL = SearchConfig(width=3, max_rounds=3, max_tokens_per_step=48, max_prompt_t
 
 @pytest.fixture(scope="module")
 def gsm8k(shared_data):
-    return load_problems(str(shared_data / "train" / "gsm8k_train.jsonl"), answer_rule="gsm8k", limit=3, seed=0)
+    return load_problems(f"jsonl:{shared_data / 'train' / 'gsm8k_train.jsonl'}", answer_rule="gsm8k", limit=3, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,8 @@ def test_search_with_vllm_cpu_and_the_generative_judge_writes_valid_pairs(local_
 def test_search_through_openrlhf_ray_engines_with_the_logit_judge(ray_default_engine, default_model, gsm8k, tmp_path):
     from openrlhf_psr.judges.logit import LogitJudge
 
-    judge = LogitJudge(default_model)
+    judge = LogitJudge(default_model, engine=ray_default_engine)  # P("A") from the Ray engine's log-probs
+    assert judge.model is None  # no second copy of the model
     config = SearchConfig(**{**SMALL.__dict__, "aggregate": "prob"})
     summary = StepSearch(ray_default_engine, judge, config).run(gsm8k, tmp_path, progress=False)
     pairs = _check_pairs(tmp_path, gsm8k, ray_default_engine.tokenizer)

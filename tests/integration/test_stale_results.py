@@ -51,9 +51,9 @@ def test_a_reference_retrained_in_place_reruns_the_search_and_recomputes_referen
         "model": str(m0),
         "data": {"prompts": {"source": "builtin:arith?seed=5"}, "eval": {"benchmarks": []}},
         "stages": {"sft": {"enabled": False}, "iterations": 1, "prompts_per_iteration": [6]},
-        "psr": {"generator": {"name": "vllm", "settings": {"enforce_eager": True}}, "judge": {"name": "logit"},
-                "search": {"width": 3, "max_tokens_per_step": 12, "max_rounds": 4, "aggregate": "prob",
-                           "max_model_len": 1024}},
+        "psr": {"generator": {"name": "vllm", "settings": {"enforce_eager": True}, "max_model_len": 1024},
+                "judge": {"name": "logit"},
+                "search": {"width": 3, "max_tokens_per_step": 12, "max_rounds": 4, "aggregate": "prob"}},
         "dpo": {"epochs": 1, "lr": 1e-4, "batch_size": 2, "micro_batch_size": 2, "max_len": 1024},
     }))  # fmt: skip
     runs = tmp_path / "runs"

@@ -209,7 +209,7 @@ def test_pairs_from_another_tokenizer_are_refused(tmp_path):
 def test_sft_on_ift_and_eft_data_through_upstream_train_sft_lowers_the_loss(tmp_path):
     from openrlhf_psr.cli.sft_data import build
 
-    records = build(["builtin:16"], ["builtin:8"])
+    records = build(["builtin:arith?n=16"], ["builtin:arith?n=8"])
     assert sum(r["kind"] == "eft" for r in records) == 16  # both orders of 8 judged pairs
     assert sum(r["output"].endswith("[[A]]") for r in records) == sum(r["output"].endswith("[[B]]") for r in records)
     data = _write(tmp_path / "sft.jsonl", records)

@@ -43,6 +43,21 @@ def test_upstream_modules_import_in_a_fresh_interpreter():
     assert set(status.values()) == {"patched"}, status
 
 
+def test_without_the_layer_upstream_does_not_import_on_cpu():
+    """Shows the patches are what makes it work: with the hook off, flash_attn is missing.
+    (Moved from tests/unit/test_compat.py: it needs torch and upstream, so it is not a unit test.)"""
+    import os
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    env = {**os.environ, "OPENRLHF_PSR_COMPAT": "off"}
+    proc = subprocess.run([sys.executable, "-c", "import openrlhf.models"], capture_output=True, text=True, env=env,
+                          timeout=300)  # fmt: skip
+    assert proc.returncode != 0 and "flash_attn" in proc.stderr
+
+
 def _pairs(path: Path, n: int = 32) -> Path:
     rng = random.Random(0)
     rows = []

@@ -136,7 +136,7 @@ def test_candidate_flags_of_a_duck_typed_tokenizer():
 
 
 def test_recipe_switch_reaches_the_search_command(tmp_path):
-    from openrlhf_psr.cli.search import add_arguments, config_from_args
+    from openrlhf_psr.cli.search import add_arguments, search_config, stage_config
     from openrlhf_psr.launcher import RecipeRun
     from openrlhf_psr.recipe import load_recipe
 
@@ -144,10 +144,11 @@ def test_recipe_switch_reaches_the_search_command(tmp_path):
     for value, expected in (("false", False), ("true", True)):
         recipe = load_recipe(recipes / "tiny_cpu.yaml", [f"psr.search.drop_flagged={value}"])
         [stage] = [s for s in RecipeRun(recipe, runs_dir=tmp_path).plan() if s.name == "iter_1/search"]
+        stage.write_config()  # as the launcher does when the stage starts
         argv = stage.command[stage.command.index("openrlhf_psr.cli.search") + 1 :]
         parser = argparse.ArgumentParser()
         add_arguments(parser)
-        assert config_from_args(parser.parse_args(argv)).drop_flagged is expected
+        assert search_config(stage_config(parser.parse_args(argv))).drop_flagged is expected
 
 
 def test_guard_doctests():

@@ -130,10 +130,10 @@ CASES = [
         _dry("psr.trainer.settings={reference: lve}"),
         ["psr.trainer.settings.reference", "'lve'"],
     ),
-    ("mistyped-suffix", _dry("data.prompts.source=foo.jsnol"), ["data.prompts.source", "foo.jsnol", ".jsonl"]),
+    ("mistyped-suffix", _dry("data.prompts.source=jsonl:foo.jsnol"), ["data.prompts.source", "foo.jsnol", ".jsonl"]),
     ("missing-data-file", _dry("data.ift=[gsm8k:/no/such/train.jsonl]"), ["data.ift[0]", "/no/such/train.jsonl"]),
-    ("unknown-benchmark", _dry("data.eval.benchmarks=[gsm8kk@4]"), ["data.eval.benchmarks[0]", "'gsm8kk'"]),
-    ("zero-benchmark-limit", _dry("data.eval.benchmarks=[arith@0]"), ["data.eval.benchmarks[0]", "positive"]),
+    ("unknown-benchmark", _dry('data.eval.benchmarks=["gsm8kk?limit=4"]'), ["data.eval.benchmarks[0]", "'gsm8kk'"]),
+    ("zero-benchmark-limit", _dry('data.eval.benchmarks=["arith?n=0"]'), ["data.eval.benchmarks[0]", "positive"]),
     ("recipe-missing", ["run", "/no/such/recipe.yaml", "--dry-run"], ["/no/such/recipe.yaml"]),
     (
         "recipe-yaml-syntax",
@@ -143,19 +143,19 @@ CASES = [
     ("recipe-not-utf8", ["run", "<yaml_bytes>", "--dry-run"], ["bytes.yaml:2", "UTF-8", "0xe9"]),
     ("recipe-not-a-mapping", ["run", "<yaml_list>", "--dry-run"], ["list.yaml", "mapping"]),
     # data files, opened by the preflight
-    ("data-not-utf8", _dry("data.prompts.source=<not_utf8>"), ["latin1.jsonl:2", "UTF-8", "0xe9"]),
-    ("data-bad-json", _dry("data.prompts.source=<bad_json>"), ["broken.jsonl:2", "not valid JSON"]),
-    ("data-not-object", _dry("data.prompts.source=<a_list>"), ["list.jsonl:1", "expected a JSON object"]),
-    ("data-empty", _dry("data.prompts.source=<empty>"), ["data.prompts.source", "empty.jsonl", "empty"]),
-    ("data-missing-field", _dry("data.prompts.source=<no_question>"), ["noq.jsonl", "row 2", "'question'"]),
+    ("data-not-utf8", _dry("data.prompts.source=jsonl:<not_utf8>"), ["latin1.jsonl:2", "UTF-8", "0xe9"]),
+    ("data-bad-json", _dry("data.prompts.source=jsonl:<bad_json>"), ["broken.jsonl:2", "not valid JSON"]),
+    ("data-not-object", _dry("data.prompts.source=jsonl:<a_list>"), ["list.jsonl:1", "expected a JSON object"]),
+    ("data-empty", _dry("data.prompts.source=jsonl:<empty>"), ["data.prompts.source", "empty.jsonl", "empty"]),
+    ("data-missing-field", _dry("data.prompts.source=jsonl:<no_question>"), ["noq.jsonl", "row 2", "'question'"]),
     (
         "data-too-few-problems",
-        _dry("data.prompts.source=<good>", "stages.prompts_per_iteration=[5]"),
+        _dry("data.prompts.source=jsonl:<good>", "stages.prompts_per_iteration=[5]"),
         ["stages.prompts_per_iteration", "need 5", "found 4"],
     ),
     (
         "eval-file-bad-json",
-        _dry("data.eval.benchmarks=[arith=<bad_json>@2]"),
+        _dry('data.eval.benchmarks=["arith=jsonl:<bad_json>?limit=2"]'),
         ["data.eval.benchmarks[0]", "broken.jsonl:2"],
     ),
     (
@@ -166,7 +166,7 @@ CASES = [
     ("eft-garbage-parquet", _dry("data.eft=[prm800k:<garbage_parquet>]"), ["data.eft[0]", "garbage.parquet"]),
     (
         "judge-set-garbage-parquet",
-        _dry("data.eval.judge_sets=[prm800k=<garbage_parquet>@2]"),
+        _dry('data.eval.judge_sets=["prm800k:<garbage_parquet>?limit=2"]'),
         ["data.eval.judge_sets[0]", "garbage.parquet"],
     ),
     # run folders and manifests
@@ -186,17 +186,29 @@ CASES = [
     ("search-negative-limit", ["search", "--out", "<dir>/s", "--limit", "-5"], ["--limit", "'-5'"]),
     ("search-bad-subset", ["search", "--out", "<dir>/s", "--subset", "0:-5"], ["--subset", "'0:-5'"]),
     ("search-width-one", ["search", "--out", "<dir>/s", "--width", "1"], ["--width", "width"]),
-    ("search-mistyped-suffix", ["search", "--out", "<dir>/s", "--problems", "foo.jsnol"], ["foo.jsnol", ".jsonl"]),
-    ("search-empty-problems", ["search", "--out", "<dir>/s", "--problems", "<empty>"], ["--problems", "found none"]),
+    (
+        "search-mistyped-suffix",
+        ["search", "--out", "<dir>/s", "--problems", "jsonl:foo.jsnol"],
+        ["foo.jsnol", ".jsonl"],
+    ),  # fmt: skip
+    (
+        "search-empty-problems",
+        ["search", "--out", "<dir>/s", "--problems", "jsonl:<empty>"],
+        ["--problems", "found none"],
+    ),  # fmt: skip
     ("search-unknown-judge", ["search", "--out", "<dir>/s", "--judge", "logitt"], ["'logitt'", "did you mean"]),
     ("search-missing-out", ["search"], ["--out"]),
     ("evaluate-bool", ["evaluate", "--model", "m", "--out", "<dir>/e", "--chat-template", "yes"], ["--chat-template"]),
     (
         "evaluate-unknown-judge",
-        ["evaluate", "--model", "m", "--out", "<dir>/e", "--judge-set", "builtin@2", "--judge", "logitt"],
+        ["evaluate", "--model", "m", "--out", "<dir>/e", "--judge-set", "builtin:arith?n=2", "--judge", "logitt"],
         ["--judge logitt", "did you mean 'logit'"],
     ),  # fmt: skip
-    ("evaluate-bad-limit", ["evaluate", "--model", "m", "--out", "<dir>/e", "--benchmark", "gsm8k@x"], ["gsm8k@x"]),
+    (
+        "evaluate-bad-limit",
+        ["evaluate", "--model", "m", "--out", "<dir>/e", "--benchmark", "gsm8k?limit=x"],
+        ["gsm8k?limit=x"],
+    ),  # fmt: skip
     ("sft-data-unknown-kind", ["sft-data", "--out", "<dir>/o.jsonl", "--ift", "nope:3"], ["--ift 'nope:3'", "'nope'"]),
     ("sft-data-bool", ["sft-data", "--out", "<dir>/o.jsonl", "--chat-template", "1"], ["--chat-template", "'1'"]),
     ("unknown-command", ["serach"], ["'serach'"]),
@@ -244,7 +256,7 @@ def test_the_dry_run_reports_every_problem_at_once(files, blocker):
     recipe_level = _dry(
         "data.eval.judges=[logitt]", "psr.judge.settings={batchsize: 4}", "data.ift=[gsm8k:/no/such.jsonl]"
     )
-    data_level = _dry("data.prompts.source=<empty>", "data.eval.benchmarks=[arith=<bad_json>@2]",
+    data_level = _dry("data.prompts.source=jsonl:<empty>", 'data.eval.benchmarks=["arith=jsonl:<bad_json>?limit=2"]',
                       "data.eft=[prm800k:<garbage_parquet>]")  # fmt: skip
     for argv, parts in (
         (recipe_level, ["data.eval.judges[0]", "psr.judge.settings.batchsize", "data.ift[0]"]),
@@ -283,7 +295,7 @@ def test_module_entry_points_go_through_the_same_handler(files, blocker):
 
 
 def test_a_good_recipe_passes_the_preflight_and_prints_every_command(files, blocker, tmp_path):
-    argv = _dry("data.prompts.source=<good>", "stages.prompts_per_iteration=[4]")
+    argv = _dry("data.prompts.source=jsonl:<good>", "stages.prompts_per_iteration=[4]")
     proc, _ = _cli([*_argv(argv, files), "--runs-dir", str(tmp_path)], blocker)
     assert proc.returncode == 0, proc.stderr
     assert "# preflight: data.prompts.source" in proc.stdout and "4 problems (4 needed)" in proc.stdout

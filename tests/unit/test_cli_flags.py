@@ -47,14 +47,40 @@ def test_every_subcommand_is_a_module_with_add_arguments_and_run():
     import importlib
 
     subs = _subparsers(main.build_parser())
-    expected = {"run", "status", "report", "search", "evaluate", "sft-data", "reward-file", "doctor", "demo"}
-    assert expected <= set(subs), sorted(expected - set(subs))
+    expected = {"run", "status", "report", "search", "evaluate", "sft-data", "reward-file", "doctor", "demo", "plan"}
+    assert set(subs) == set(main.COMMANDS) and expected <= set(subs), sorted(expected - set(subs))
     for name, (module_name, _) in main.COMMANDS.items():
-        if name not in subs:
-            continue
         module = importlib.import_module(module_name)
         assert callable(module.add_arguments) and callable(module.run), name
         assert subs[name].get_default("func") is module.run, name
+
+
+@pytest.mark.parametrize("name", sorted(main.COMMANDS))
+def test_every_command_module_answers_through_the_one_error_handler(name, capsys):
+    """``python -m`` of each command module parses with the same one-line errors and exit status as the table."""
+    import importlib
+
+    module = importlib.import_module(main.COMMANDS[name][0])
+    assert module.main(["--no-such-flag"]) == app.EXIT_USER_ERROR  # unknown flag, or a missing required argument
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("openrlhf-psr: error: ") and "--help)" in err[0], err
+
+
+def test_no_command_is_dispatched_by_argv_and_the_table_imports_no_command():
+    """Only ``cli/main.py`` reads ``sys.argv`` (and ``train_step_dpo``, which hands it to upstream's parser); no
+    module imports ``cli/main.py`` back, so the table and its commands cannot import each other."""
+    import ast
+
+    for path in sorted((REPO / "openrlhf_psr" / "cli").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {f"openrlhf_psr.cli.{a.name}" for n in ast.walk(tree)
+                     if isinstance(n, ast.ImportFrom) and n.module == "openrlhf_psr.cli" for a in n.names}  # fmt: skip
+        assert "openrlhf_psr.cli.main" not in imported, path.name
+        if path.stem not in ("main", "train_step_dpo"):
+            reads_argv = any(isinstance(n, ast.Attribute) and n.attr == "argv" for n in ast.walk(tree))
+            assert not reads_argv, f"{path.name} reads sys.argv"
 
 
 BOOLEANS = _boolean_flags()
@@ -91,7 +117,8 @@ def test_train_step_dpo_booleans_use_the_same_spelling():
 
 @pytest.mark.parametrize("recipe", sorted(p.name for p in (REPO / "recipes").glob("*.yaml")))
 def test_launcher_commands_parse_with_each_stage_parser_and_keep_the_recipe_booleans(recipe, tmp_path):
-    """The launcher writes on/off for every boolean; each stage's own parser reads back the recipe's values."""
+    """The launcher writes on/off for every boolean and each stage's config; each stage's own parser reads back the
+    recipe's values."""
     import importlib
 
     from openrlhf_psr.launcher import RecipeRun
@@ -112,6 +139,7 @@ def test_launcher_commands_parse_with_each_stage_parser_and_keep_the_recipe_bool
         r = Recipe.model_validate(data)
         parsed = 0
         for stage in RecipeRun(r, runs_dir=tmp_path).plan():
+            stage.write_config()  # as the launcher does when the stage starts
             cmd = stage.command
             if "-m" not in cmd or not cmd[cmd.index("-m") + 1].startswith("openrlhf_psr.cli."):
                 continue
@@ -124,11 +152,44 @@ def test_launcher_commands_parse_with_each_stage_parser_and_keep_the_recipe_bool
                 args = parser.parse_args(cmd[cmd.index("-m") + 2 :])
             except UsageError as exc:
                 raise AssertionError(f"{stage.name}: {exc}\n{shlex.join(cmd)}") from None
+            if hasattr(module, "stage_config"):  # search, evaluate: the settings come from the stage's config
+                args = module.stage_config(args)
             if hasattr(args, "chat_template"):
                 assert args.chat_template is r.psr.chat_template, stage.name
-            if hasattr(args, "both_orders"):  # the search: every boolean search setting arrives as set
+            if hasattr(args, "search"):  # the search: every boolean search setting arrives as set
                 for key, value in r.psr.search.model_dump().items():
                     if isinstance(value, bool):
-                        assert getattr(args, key) is value, (stage.name, key)
+                        assert getattr(args.search, key) is value, (stage.name, key)
             parsed += 1
         assert parsed >= 2, f"{recipe}: expected the search/evaluate/report commands, parsed {parsed}"
+
+
+@pytest.mark.parametrize("command", ["search", "evaluate"])
+def test_every_boolean_setting_of_search_and_evaluate_is_an_on_off_flag_that_reaches_the_stage_config(command):
+    """Each boolean field of the stage's config has a flag (generated from the config, none listed by hand) that
+    takes exactly on/off, rejects ``maybe``, and sets that field (over a config file that says otherwise)."""
+    import importlib
+    import json
+
+    from openrlhf_psr.cli.config_args import leaf_settings
+    from openrlhf_psr.recipe import EvaluateConfig, SearchStageConfig
+
+    module = importlib.import_module(main.COMMANDS[command][0])
+    parser = app.Parser(prog=command)
+    module.add_arguments(parser)
+    actions = {action.dest: action for action in parser._actions}
+    cls = SearchStageConfig if command == "search" else EvaluateConfig
+    booleans = [".".join(path) for path, info, _ in leaf_settings(cls) if info.annotation is bool]
+    assert len(booleans) >= 4, booleans
+    for dotted in booleans:
+        flag = actions[dotted].option_strings[0]
+        assert actions[dotted].type is app.on_off, flag
+        for spelling, value in (("on", True), ("off", False)):
+            # a --set of the opposite value comes first: the flag wins
+            config = module.stage_config(parser.parse_args(["--out", "x", "--set", f"{dotted}={json.dumps(not value)}",
+                                                            flag, spelling]))  # fmt: skip
+            for part in dotted.split("."):
+                config = getattr(config, part)
+            assert config is value, (flag, spelling)
+        with pytest.raises(UsageError, match=rf"argument {flag}: expected on or off, found 'maybe'"):
+            parser.parse_args(["--out", "x", flag, "maybe"])

@@ -32,8 +32,8 @@ def test_builtin_task_subset_has_any_size_and_iterations_do_not_overlap():
 
 def test_file_subset_is_a_seeded_shuffle_and_disjoint(tmp_path):
     path = _jsonl(tmp_path / "p.jsonl", [{"question": f"q{i}", "answer": str(i)} for i in range(30)])
-    a = load_problems(str(path), subset=(0, 10), subset_seed=1)
-    b = load_problems(str(path), subset=(10, 30), subset_seed=1)
+    a = load_problems(f"jsonl:{path}", subset=(0, 10), subset_seed=1)
+    b = load_problems(f"jsonl:{path}", subset=(10, 30), subset_seed=1)
     assert len(a) == 10 and len(b) == 20 and {p.id for p in a}.isdisjoint({p.id for p in b})
     assert [p.id for p in a] != [f"p-{i}" for i in range(10)]  # shuffled
 
@@ -49,16 +49,16 @@ def test_arith_eval_file_is_kept_whole_unless_a_limit_is_given(tmp_path):
     from openrlhf_psr.cli.evaluate import load_eval_problems
 
     path = _jsonl(tmp_path / "arith.jsonl", [{"question": f"{i} + 1?", "answer": str(i + 1)} for i in range(40)])
-    assert len(load_eval_problems(f"arith={path}", None, 0)[1]) == 40
-    assert len(load_eval_problems(f"arith={path}@10", None, 0)[1]) == 10
-    assert len(load_eval_problems("arith@30", None, 0)[1]) == 30  # the built-in task: any size
+    assert len(load_eval_problems(f"arith=jsonl:{path}", None, 0)[1]) == 40
+    assert len(load_eval_problems(f"arith=jsonl:{path}?limit=10", None, 0)[1]) == 10
+    assert len(load_eval_problems("arith?n=30", None, 0)[1]) == 30  # the built-in task: any size
 
 
 def test_benchmark_file_is_kept_whole(tmp_path):
     from openrlhf_psr.eval.benchmarks import load_benchmark
 
     path = _jsonl(tmp_path / "t.jsonl", [{"question": f"q{i}", "answer": f"{i}.0"} for i in range(50)])
-    assert len(load_benchmark("amc23", source=str(path))) == 50
+    assert len(load_benchmark("amc23", source=f"jsonl:{path}")) == 50
 
 
 def test_benchmark_without_any_gold_answer_is_an_error_naming_file_and_field(tmp_path):
@@ -67,12 +67,12 @@ def test_benchmark_without_any_gold_answer_is_an_error_naming_file_and_field(tmp
     # a GSM8K file whose answers are plain numbers: the gsm8k rule ("#### n") finds none
     path = _jsonl(tmp_path / "gsm.jsonl", [{"question": f"q{i}", "answer": str(i)} for i in range(5)])
     with pytest.raises(ValueError, match=r"gsm\.jsonl: no row has a gold answer in field 'answer' under rule 'gsm8k'"):
-        load_benchmark("gsm8k", source=str(path))
+        load_benchmark("gsm8k", source=f"jsonl:{path}")
 
 
 def test_some_missing_gold_answers_are_counted_and_reported(tmp_path, capsys):
     rows = [{"question": "q0", "answer": "a\n#### 3"}, {"question": "q1", "answer": None}]
-    problems = load_problems(str(_jsonl(tmp_path / "g.jsonl", rows)), answer_rule="gsm8k")
+    problems = load_problems(f"jsonl:{_jsonl(tmp_path / 'g.jsonl', rows)}", answer_rule="gsm8k")
     assert [p.answer for p in problems] == ["3", None]
     assert "1 of 2 rows have no gold answer in field 'answer'" in capsys.readouterr().err
 
@@ -80,7 +80,7 @@ def test_some_missing_gold_answers_are_counted_and_reported(tmp_path, capsys):
 def test_null_question_is_an_error_naming_file_and_row(tmp_path):
     path = _jsonl(tmp_path / "n.jsonl", [{"question": "q", "answer": "1"}, {"question": None, "answer": "2"}])
     with pytest.raises(ValueError, match=r"n\.jsonl: row 2: field 'question' is null"):
-        load_problems(str(path))
+        load_problems(f"jsonl:{path}")
 
 
 def test_null_step_pair_field_is_an_error_naming_file_and_line(tmp_path):
@@ -150,7 +150,7 @@ def test_srlm_scoring_eft_source_trains_the_baselines_own_task():
     from openrlhf_psr.prompts import SRLM_SCORE_PROMPT
     from openrlhf_psr.srlm import parse_score
 
-    records = build([], ["srlm-builtin:8"], seed=3)
+    records = build([], ["srlm-builtin:arith?n=8"], seed=3)
     head = SRLM_SCORE_PROMPT.split("{question}")[0]
     assert len(records) == 48 and all(r["input"].startswith(head) and r["kind"] == "eft" for r in records)
     grades = [parse_score(r["output"]) for r in records]
@@ -166,7 +166,7 @@ def test_srlm_scoring_eft_from_gsm8k(tmp_path):
     rows = [{"question": f"Tom has {i} cats and buys 2 more, then doubles them. How many?",
              "answer": f"He has {i}+2=<<{i}+2={i + 2}>>{i + 2} cats.\nThen 2*{i + 2}={2 * i + 4}.\n#### {2 * i + 4}"}
             for i in range(5)]  # fmt: skip
-    records = build([], [f"srlm-gsm8k:{_jsonl(tmp_path / 'g.jsonl', rows)}:3"], seed=0)
+    records = build([], [f"srlm-gsm8k:{_jsonl(tmp_path / 'g.jsonl', rows)}?limit=3"], seed=0)
     assert len(records) == 18 and sum(r["output"].endswith("Score: 5") for r in records) == 3
     with pytest.raises(ValueError, match="unknown source kind 'srlm-nope'"):
         build([], ["srlm-nope:3"], seed=0)

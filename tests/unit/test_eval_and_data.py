@@ -61,7 +61,7 @@ def test_judge_accuracy_exposes_position_bias_and_reads_probabilities():
 
 
 def test_eft_records_are_balanced_and_end_with_the_right_verdict():
-    records = sft.eft_records("q", ["Step 1: a"], "Step 2: right", "Step 2: wrong", "off by one")
+    records = sft.eft_records(LabelledPair("q", ("Step 1: a",), "Step 2: right", "Step 2: wrong", "off by one"))
     assert [r["output"][-5:] for r in records] == ["[[A]]", "[[B]]"]
     assert "Step 2: right" in records[0]["input"].split("Assistant A's Next Reasoning Step]")[1].split("[The End")[0]
     assert "Assistant B's step is wrong: off by one" in records[0]["output"]
@@ -81,10 +81,10 @@ def test_problem_rows_missing_a_field_name_file_and_line(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text(json.dumps({"question": "q", "answer": "1"}) + "\n" + json.dumps({"problem": "q"}) + "\n")
     with pytest.raises(KeyError, match=r"p.jsonl: row 2 has no field 'question'"):
-        load_problems(str(path))
+        load_problems(f"jsonl:{path}")
     path.write_text("{not json\n")
     with pytest.raises(ValueError, match=r"p.jsonl:1: not valid JSON"):
-        load_problems(str(path))
+        load_problems(f"jsonl:{path}")
     with pytest.raises(ValueError, match="unknown built-in task"):
         load_problems("builtin:algebra")
 

@@ -187,3 +187,43 @@ def test_reference_cache_key_follows_the_weights_not_the_path(tmp_path):
     (model / "model.safetensors").write_bytes(b"new weights")
     assert fingerprint.model_fingerprint(str(model)) != before
     assert fingerprint.model_fingerprint("default").startswith("embedded:")
+
+
+def test_a_data_file_named_inside_a_source_spec_is_an_input_of_the_stages_that_read_it(tmp_path):
+    """Specs name their files inside ``KIND:PATH?OPTIONS`` (and benchmarks as ``NAME=KIND:PATH``), in commands and in
+    stage configs; an edited data file must rerun the stage, as a bare path did before the source grammar."""
+    problems, ift = tmp_path / "prompts.jsonl", tmp_path / "ift.jsonl"
+    bench = tmp_path / "bench.jsonl"
+    for f in (problems, ift, bench):
+        f.write_text(json.dumps({"question": "1+1?", "answer": "2"}) + "\n")
+    recipe = load_recipe(
+        RECIPES / "tiny_cpu.yaml",
+        [f"data.prompts.source=jsonl:{problems}?limit=1", f'data.ift=["gsm8k:{ift}?limit=1"]',
+         f'data.eval.benchmarks=["gsm8k=jsonl:{bench}?limit=1"]'],
+    )  # fmt: skip
+    run = RecipeRun(recipe, runs_dir=tmp_path / "runs")
+    stages = {s.name: s for s in run.plan()}
+    hasher = fingerprint.ContentHasher(None)
+
+    def inputs(name):
+        return run.fingerprint(stages[name], hasher)["inputs"]
+
+    assert str(problems) in inputs("iter_1/search")
+    assert str(ift) in inputs("sft_data")
+    assert str(bench) in inputs("eval_m0")
+    before = inputs("iter_1/search")[str(problems)]
+    problems.write_text(json.dumps({"question": "2+2?", "answer": "4"}) + "\n")
+    assert inputs("iter_1/search")[str(problems)] != before
+
+
+def test_writing_a_stage_config_does_not_change_the_stage_fingerprint(tmp_path):
+    """The launcher writes ``<out>/config.json`` when a stage starts; if the file counted as an input, every stage
+    run from a config would rerun on the next launch (seen: a resubmitted cluster run redid eval and search)."""
+    run = RecipeRun(load_recipe(RECIPES / "tiny_cpu.yaml"), runs_dir=tmp_path / "runs")
+    hasher = fingerprint.ContentHasher(None)
+    configured = [s for s in run.plan() if s.config]
+    assert {s.name for s in configured} >= {"iter_1/search", "eval_m0"}
+    for stage in configured:
+        before = run.fingerprint(stage, hasher)
+        stage.write_config()
+        assert run.fingerprint(stage, hasher) == before, stage.name

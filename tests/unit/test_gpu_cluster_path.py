@@ -127,16 +127,17 @@ def test_ray_job_commands_of_the_7b_recipe_hold_only_absolute_paths(monkeypatch,
         wrapped = run.wrap(stage)
         assert wrapped[:3] == ["ray", "job", "submit"]
         command = wrapped[wrapped.index("--") + 1 :]
-        paths = _paths_in(command)
+        paths = _paths_in(command) + _paths_in(stage.settings_args())  # with the paths of the stage's config
         for path in paths:
             assert Path(path).is_absolute(), (stage.name, path)
             checked += 1
         assert stage.output.is_absolute() and stage.log.is_absolute()
     assert checked > 30
     search = next(s for s in stages if s.name == "iter_1/search")
-    problems = _values(search.command, "--problems")[0]
-    assert problems == str(shared_data.resolve() / "train" / "gsm8k_train.jsonl") or Path(problems).is_file()
-    assert _values(search.command, "--out")[0] == str(REPO / "runs" / "psr_qwen2.5_math_7b" / "iter_1" / "search")
+    problems = search.config["problems"]["source"]
+    assert problems.removeprefix("jsonl:") == str(shared_data.resolve() / "train" / "gsm8k_train.jsonl")
+    assert search.config["out"] == str(REPO / "runs" / "psr_qwen2.5_math_7b" / "iter_1" / "search")
+    assert search.config_file == Path(search.config["out"]) / "config.json"
 
 
 def test_paths_resolve_against_the_submitting_directory_and_the_recipe_runs_dir(monkeypatch, tmp_path):
@@ -148,13 +149,13 @@ def test_paths_resolve_against_the_submitting_directory_and_the_recipe_runs_dir(
     copy.mkdir()
     monkeypatch.chdir(copy)
     monkeypatch.setenv(BASE_DIR_ENV, str(tmp_path))
-    overrides = ["data.prompts.source=data/p.jsonl", "data.eval.benchmarks=[]", "data.eval.judge_sets=[]",
+    overrides = ["data.prompts.source=jsonl:data/p.jsonl", "data.eval.benchmarks=[]", "data.eval.judge_sets=[]",
                  "stages.sft.enabled=false", "stages.iterations=1", "cluster.runs_dir=shared/runs"]  # fmt: skip
     run = RecipeRun(load_recipe(RECIPES / "tiny_cpu.yaml", overrides))
     assert run.root == tmp_path / "shared" / "runs" / "tiny_cpu"
     search = next(s for s in run.plan() if s.name == "iter_1/search")
-    assert _values(search.command, "--problems") == [str(tmp_path / "data" / "p.jsonl")]
-    assert _values(search.command, "--out") == [str(tmp_path / "shared" / "runs" / "tiny_cpu" / "iter_1" / "search")]
+    assert search.config["problems"]["source"] == f"jsonl:{tmp_path / 'data' / 'p.jsonl'}"
+    assert search.config["out"] == str(tmp_path / "shared" / "runs" / "tiny_cpu" / "iter_1" / "search")
     # an explicit runs dir wins over the recipe's
     assert RecipeRun(run.recipe, runs_dir=tmp_path / "elsewhere").root == tmp_path / "elsewhere" / "tiny_cpu"
 
@@ -163,11 +164,11 @@ def test_cluster_data_root_holds_relative_data_paths(monkeypatch, tmp_path):
     (tmp_path / "store" / "train").mkdir(parents=True)
     (tmp_path / "store" / "train" / "p.jsonl").write_text('{"question": "1+1", "answer": "2"}\n')
     monkeypatch.chdir(tmp_path)
-    overrides = ["data.prompts.source=train/p.jsonl", f"cluster.data_root={tmp_path / 'store'}"]
+    overrides = ["data.prompts.source=jsonl:train/p.jsonl", f"cluster.data_root={tmp_path / 'store'}"]
     recipe = load_recipe(RECIPES / "tiny_cpu.yaml", overrides)  # validated under the data root
     run = RecipeRun(recipe, runs_dir=tmp_path / "runs")
     search = next(s for s in run.plan() if s.name == "iter_1/search")
-    assert _values(search.command, "--problems") == [str(tmp_path / "store" / "train" / "p.jsonl")]
+    assert search.config["problems"]["source"] == f"jsonl:{tmp_path / 'store' / 'train' / 'p.jsonl'}"
 
 
 def test_cluster_scripts_submit_from_the_right_places():
@@ -268,25 +269,22 @@ def test_search_and_generative_judge_name_the_problem_for_engine_pinning(tmp_pat
 
 def test_eval_and_search_commands_get_the_engines_the_plan_checked(tmp_path):
     import argparse
-    import json
 
-    from openrlhf_psr.cli.evaluate import add_arguments
+    from openrlhf_psr.cli.evaluate import add_arguments, engine_settings, stage_config
 
     run = RecipeRun(load_recipe(RECIPES / "psr_qwen2.5_math_72b.yaml"), runs_dir=tmp_path)
     stages = {s.name: s for s in run.plan()}
+    stages["eval_m0"].write_config()
     evaluate = stages["eval_m0"].command
-    assert _values(evaluate, "--tensor-parallel-size") == ["8"]  # 145 GB of weights cannot go on one GPU
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    assert parser.parse_args(evaluate[evaluate.index("openrlhf_psr.cli.evaluate") + 1 :]).tensor_parallel_size == 8
-    assert json.loads(_values(stages["iter_1/search"].command, "--generator-settings")[0]) == {
-        "tensor_parallel_size": 8
-    }
-    # the cluster section's engines x TP reach upstream's engines (openrlhf_ray); the in-process engine takes TP only
+    args = parser.parse_args(evaluate[evaluate.index("openrlhf_psr.cli.evaluate") + 1 :])
+    assert engine_settings(stage_config(args))["tensor_parallel_size"] == 8  # 145 GB of weights cannot go on one GPU
+    assert stages["iter_1/search"].config["generator"]["settings"]["tensor_parallel_size"] == 8
+    # the cluster section's engines x TP reach upstream's engines (openrlhf_ray)
     overrides = ["psr.generator={name: openrlhf_ray, settings: {}}", "cluster.search.engines=4",
                  "cluster.search.tensor_parallel_size=4", "cluster.eval.tensor_parallel_size=4"]  # fmt: skip
     run = RecipeRun(load_recipe(RECIPES / "psr_qwen2.5_math_72b.yaml", overrides), runs_dir=tmp_path)
     stages = {s.name: s for s in run.plan()}
-    settings = json.loads(_values(stages["iter_1/search"].command, "--generator-settings")[0])
-    assert settings == {"tensor_parallel_size": 4, "num_engines": 4}
-    assert _values(stages["iter_1/eval"].command, "--tensor-parallel-size") == ["4"]
+    assert stages["iter_1/search"].config["generator"]["settings"] == {"tensor_parallel_size": 4, "num_engines": 4}
+    assert stages["iter_1/eval"].config["generator"]["settings"]["tensor_parallel_size"] == 4

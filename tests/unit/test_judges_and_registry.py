@@ -149,15 +149,15 @@ class LongerIsBetter(PairwiseJudge):
         return [Judgment(Verdict("A" if len(c.step_a) > len(c.step_b) else "B")) for c in comparisons]
 
 
-def test_reward_function_follows_openrlhfs_contract_and_cancels_position_bias(monkeypatch):
-    import openrlhf_psr.rewards.pairwise_reward as rf
+def test_pairwise_rewards_cancel_position_bias_and_follow_the_judge():
+    """The reward file's logic, without torch (its tensor contract: tests/integration/test_reward_file.py)."""
+    from openrlhf_psr.rewards.pairwise_reward import pairwise_rewards, response_of
 
-    monkeypatch.setattr(rf, "_JUDGE", AlwaysAJudge())
-    out = rf.reward_func(["<s>Q<|im_end|>Step 1: 4<|im_end|>"], ["Q"], ["Step 1: four"])
-    assert set(out) == {"rewards", "scores", "extra_logs"} and out["rewards"].tolist() == [0.5]
-    monkeypatch.setattr(rf, "_JUDGE", LongerIsBetter())
-    out = rf.reward_func(["Q a long detailed answer", "Q x"], ["Q", "Q"], ["medium ref", "medium ref"])
-    assert out["rewards"].tolist() == [1.0, 0.0]
+    response = response_of("<s>Q<|im_end|>Step 1: 4<|im_end|>", "Q")
+    assert response == "Step 1: 4"
+    assert pairwise_rewards(AlwaysAJudge(), ["Q"], [response], ["Step 1: four"]) == [0.5]
+    responses = [response_of(q, "Q") for q in ("Q a long detailed answer", "Q x")]
+    assert pairwise_rewards(LongerIsBetter(), ["Q", "Q"], responses, ["medium ref", "medium ref"]) == [1.0, 0.0]
 
 
 def test_reward_function_builds_its_judge_from_the_environment(monkeypatch):

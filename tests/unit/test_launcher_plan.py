@@ -27,15 +27,15 @@ def test_tiny_plan_orders_stages_and_chains_models(tmp_path):
                             "iter_2/search", "iter_2/dpo", "iter_2/eval", "report"]  # fmt: skip
     m1 = str(tmp_path / "tiny_cpu" / "sft" / "model")
     assert _after(stages["sft"].command, "--ckpt.output_dir") == m1
-    assert _after(stages["iter_1/search"].command, "--model") == m1
+    assert stages["iter_1/search"].config["model"] == m1
     assert _after(stages["iter_1/dpo"].command, "--model.model_name_or_path") == m1
     assert _after(stages["iter_1/dpo"].command, "--ref.model_name_or_path") == m1  # reference = previous
     m2 = str(tmp_path / "tiny_cpu" / "iter_1" / "model")
-    assert _after(stages["iter_2/search"].command, "--model") == m2
+    assert stages["iter_2/search"].config["model"] == m2
     assert _after(stages["iter_2/dpo"].command, "--ref.model_name_or_path") == m2
     # disjoint training prompts per iteration
-    assert _after(stages["iter_1/search"].command, "--subset") == "0:4"
-    assert _after(stages["iter_2/search"].command, "--subset") == "4:10"
+    assert stages["iter_1/search"].config["subset"] == "0:4"
+    assert stages["iter_2/search"].config["subset"] == "4:10"
     assert stages["sft"].distributed and stages["iter_1/dpo"].distributed and not stages["iter_1/search"].distributed
 
 

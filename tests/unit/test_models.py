@@ -26,6 +26,9 @@ def test_missing_model_package_names_the_package_and_the_install_command(monkeyp
     assert "\n" not in message
 
 
-def test_tiny_model_rejects_head_sizes_vllm_cpu_cannot_run(tmp_path):
+def test_tiny_model_rejects_head_sizes_vllm_cpu_cannot_run_before_loading_torch(tmp_path):
     with pytest.raises(ValueError, match="head size 16"):
         model_cache.build_tiny_model(tmp_path, hidden_size=32, num_heads=2)
+    with pytest.raises(ValueError, match="architecture 'gpt9'"):
+        model_cache.build_tiny_model(tmp_path, architecture="gpt9")
+    assert not any((tmp_path / name).exists() for name in ("config.json", "model.safetensors"))

@@ -41,8 +41,8 @@ def test_prompt_counts_are_checked_against_the_problems_a_file_holds(tmp_path):
 
     data = tmp_path / "p.jsonl"
     data.write_text("".join(json.dumps({"question": f"q{i}", "answer": str(i)}) + "\n" for i in range(6)))
-    overrides = [f"data.prompts.source={data}", "stages.iterations=2", "stages.prompts_per_iteration=[4, 4]"]
+    overrides = [f"data.prompts.source=jsonl:{data}", "stages.iterations=2", "stages.prompts_per_iteration=[4, 4]"]
     run = RecipeRun(load_recipe(REPO / "recipes" / "tiny_cpu.yaml", overrides), runs_dir=tmp_path / "runs")
     problems, _ = run_preflight(run, tmp_path / "runs")
     assert problems == ["stages.prompts_per_iteration: [4, 4] need 8 problems over 2 iteration(s), found 6 in "
-                        f"{data}"]  # fmt: skip
+                        f"jsonl:{data}"]  # fmt: skip

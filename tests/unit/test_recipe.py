@@ -21,7 +21,7 @@ def _write(tmp_path, data) -> Path:
     return path
 
 
-BASE = {"name": "t", "model": "default", "data": {"eval": {"benchmarks": ["arith@4"]}}}
+BASE = {"name": "t", "model": "default", "data": {"eval": {"benchmarks": ["arith?n=4"]}}}
 
 
 def test_misspelt_key_names_the_path_and_suggests_the_right_one(tmp_path):
@@ -35,7 +35,7 @@ def test_wrong_type_names_the_key(tmp_path):
 
 
 def test_missing_file_names_the_key_and_file(tmp_path):
-    data = {**BASE, "data": {"ift": ["gsm8k:/no/such/train.jsonl:10"]}}
+    data = {**BASE, "data": {"ift": ["gsm8k:/no/such/train.jsonl?limit=10"]}}
     with pytest.raises(RecipeError, match=r"data.ift\[0\]: file /no/such/train.jsonl does not exist"):
         load_recipe(_write(tmp_path, data))
     with pytest.raises(RecipeError, match="recipe file .* does not exist"):

@@ -331,12 +331,14 @@ def test_a_margin_below_min_margin_rolls_back_instead_of_crashing(tmp_path, tour
     assert t["rounds"][0]["action"] == "accept" and "good" in t["steps"][0]["text"]
 
 
-def test_the_search_command_defaults_to_the_papers_generative_judge():
+def test_the_search_command_defaults_to_the_papers_generative_judge_as_the_recipe_does():
     import argparse
 
-    from openrlhf_psr.cli.search import add_arguments
+    from openrlhf_psr.cli.search import add_arguments, stage_config
+    from openrlhf_psr.recipe import PSRSpec
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    args = parser.parse_args(["--out", "x"])
-    assert args.judge == "generative" and args.aggregate == "verdict"
+    stage = stage_config(parser.parse_args(["--out", "x"]))
+    assert stage.judge.name == PSRSpec().judge.name == "generative" and stage.search.aggregate == "verdict"
+    assert stage.generator.name == PSRSpec().generator.name == "vllm"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import doctest
 
 import pytest
@@ -10,11 +9,9 @@ import pytest
 from openrlhf_psr import steps
 from openrlhf_psr.steps import (
     FinishReason,
-    StepLimits,
     classify_finish,
     detect_repetition,
     extract_boxed,
-    final_answer,
     format_step,
     is_final_step,
     normalize_candidate,
@@ -163,25 +160,11 @@ def test_extract_boxed(text: str, answer: str | None) -> None:
     assert extract_boxed(text) == answer
 
 
-def test_final_answer_is_last_box_over_all_steps() -> None:
-    assert final_answer([r"Step 1: guess \boxed{1}", "Step 2: no", r"Step 3: $\boxed{x^{2}}$"]) == "x^{2}"
-    assert final_answer(["Step 1: x = 1"]) is None
-
-
 def test_detect_repetition() -> None:
     assert detect_repetition(["Step 1: x = 2", "Step 2: y = 3", "Step 3:   x = 2 "])
     assert not detect_repetition(["Step 1: x = 2", "Step 2: y = 3", "Step 3: x = 3"])
     assert not detect_repetition(["Step 1: x = 2"])
     assert not detect_repetition(["Step 1:", "Step 2:"])  # empty steps are not a loop
-
-
-def test_step_limits() -> None:
-    limits = StepLimits()
-    assert (limits.max_tokens_per_step, limits.max_steps) == (256, 20)
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        limits.max_steps = 3  # type: ignore[misc]
-    with pytest.raises(ValueError):
-        StepLimits(max_steps=0)
 
 
 def test_doctests() -> None:

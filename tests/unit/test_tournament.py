@@ -1,4 +1,5 @@
-"""Tournaments over candidate steps: both-order aggregation, tie rule, abstentions, dedupe, knockout."""
+"""Tournaments over candidate steps: both-order aggregation, tie rule, abstentions, knockout. (Duplicates are merged
+by the search before its tournaments: tests/unit/test_search.py.)"""
 
 from __future__ import annotations
 
@@ -17,10 +18,8 @@ from openrlhf_psr.tournament import (
     Verdict,
     aggregate_pair,
     choose,
-    dedupe,
     make_state,
     round_robin_pairs,
-    run_tournament,
     score,
 )
 
@@ -48,6 +47,15 @@ class CountingJudge:
     def __call__(self, pairs: list[tuple[str, str]]) -> list[Verdict]:
         self.calls.extend(pairs)
         return self.judge(pairs)
+
+
+def play(candidates: Sequence[str], judge: Judge, *, method="round_robin", **settings) -> TournamentResult:
+    """One problem's tournament over distinct candidates, driven to the end through the state protocol (the search
+    drives many problems' states together the same way)."""
+    state = make_state(method, len(candidates), **settings)
+    while not state.done:
+        state.submit(judge([(candidates[i], candidates[j]) for i, j in state.pending()]))
+    return state.result()
 
 
 CANDIDATES = ["c0", "c1", "c2", "c3", "c4", "c5"]
@@ -144,19 +152,12 @@ def test_round_robin_pairs() -> None:
     assert round_robin_pairs(1) == [] and round_robin_pairs(0) == []
 
 
-def test_dedupe() -> None:
-    unique, mapping = dedupe(["Step 2: x = 1", "Step 2: y", "Step 2:  x = 1\n", "Step 2: y", "Step 2: z"])
-    assert unique == [0, 1, 4]
-    assert mapping == [0, 1, 0, 1, 2]
-    assert dedupe([]) == ([], [])
-
-
 # ---- round robin -------------------------------------------------------------------------------------------------
 
 
 def test_round_robin_consistent_judge_picks_true_best_and_worst() -> None:
     judge = CountingJudge(quality_judge(QUALITY))
-    r = run_tournament(CANDIDATES, judge)
+    r = play(CANDIDATES, judge)
     assert (r.best, r.worst) == (1, 2)
     # With a consistent total order, score = number of candidates beaten = rank.
     assert r.scores == (2.0, 5.0, 0.0, 4.0, 1.0, 3.0)
@@ -167,7 +168,7 @@ def test_round_robin_consistent_judge_picks_true_best_and_worst() -> None:
 
 
 def test_round_robin_always_a_judge_is_a_tie() -> None:
-    r = run_tournament(CANDIDATES, always("A"))
+    r = play(CANDIDATES, always("A"))
     assert r.is_tie and (r.best, r.worst) == (None, None)
     assert all((o.score_i, o.score_j) == (0.5, 0.5) for o in r.outcomes)
     assert r.scores == (2.5,) * 6 and r.margin == 0.0
@@ -179,13 +180,13 @@ def test_round_robin_probabilities_rescue_a_position_biased_judge() -> None:
     def judge(pairs):
         return [Verdict("A", 0.6 + (0.1 if QUALITY[a] > QUALITY[b] else -0.1)) for a, b in pairs]
 
-    assert run_tournament(CANDIDATES, judge).is_tie
-    r = run_tournament(CANDIDATES, judge, aggregate="prob")
+    assert play(CANDIDATES, judge).is_tie
+    r = play(CANDIDATES, judge, aggregate="prob")
     assert (r.best, r.worst, r.is_tie) == (1, 2, False)
 
 
 def test_round_robin_single_order_keeps_position_bias() -> None:
-    r = run_tournament(CANDIDATES, always("A"), both_orders=False)
+    r = play(CANDIDATES, always("A"), both_orders=False)
     assert r.n_comparisons == 15 and r.n_pairs_both_orders == 0
     assert (r.best, r.worst) == (0, 5)  # "A" is always the lower index: the bias the second order removes
 
@@ -197,36 +198,26 @@ def test_round_robin_abstentions() -> None:
     def judge(pairs):
         return [Verdict(None) if QUALITY[a] > QUALITY[b] else v for (a, b), v in zip(pairs, good(pairs), strict=True)]
 
-    r = run_tournament(CANDIDATES, judge)
+    r = play(CANDIDATES, judge)
     assert (r.best, r.worst) == (1, 2)
     assert r.n_abstentions == 15 and r.n_pairs_both_orders == 0
     assert r.consistency_rate is None
 
-    r = run_tournament(CANDIDATES, always(None))
+    r = play(CANDIDATES, always(None))
     assert r.is_tie and r.n_abstentions == 30 and r.scores == (2.5,) * 6
 
 
 def test_round_robin_min_margin() -> None:
-    assert run_tournament(CANDIDATES, quality_judge(QUALITY), min_margin=5.0).best == 1
-    r = run_tournament(CANDIDATES, quality_judge(QUALITY), min_margin=5.5)
+    assert play(CANDIDATES, quality_judge(QUALITY), min_margin=5.0).best == 1
+    r = play(CANDIDATES, quality_judge(QUALITY), min_margin=5.5)
     # best=None is a rollback, never an index: not a tie, but a preference (margin 5) weaker than asked for
     assert (r.best, r.worst, r.is_tie, r.below_margin, r.rollback, r.margin) == (None, None, False, True, True, 5.0)
 
 
-def test_duplicates_are_judged_once() -> None:
-    candidates = ["c1", "c0", "c1 ", "c2", "c0", "c1"]
-    judge = CountingJudge(quality_judge(QUALITY | {"c1 ": QUALITY["c1"]}))
-    r = run_tournament(candidates, judge)
-    assert r.n_unique == 3 and r.n_comparisons == len(judge.calls) == 6
-    assert all(" ".join(a.split()) != " ".join(b.split()) for a, b in judge.calls)
-    assert (r.best, r.worst) == (0, 3)
-    assert r.scores == (2.0, 1.0, 2.0, 0.0, 1.0, 2.0)  # duplicates share their representative's score
-    assert {(o.i, o.j) for o in r.outcomes} == {(0, 1), (0, 3), (1, 3)}  # original indices
-
-
-def test_all_identical_candidates() -> None:
+@pytest.mark.parametrize("method", ["round_robin", "knockout"])
+def test_a_single_candidate_is_a_tie_without_judging(method) -> None:
     judge = CountingJudge(always("A"))
-    r = run_tournament(["Step 2: x"] * 6, judge)
+    r = play(["Step 2: x"], judge, method=method)
     assert judge.calls == [] and r.n_unique == 1 and r.is_tie and r.best is None
 
 
@@ -240,7 +231,7 @@ def test_knockout_uses_w_minus_1_pairs_and_finds_the_true_best(w: int) -> None:
         quality = {f"c{k}": rng.random() for k in range(w)}
         candidates = list(quality)
         judge = CountingJudge(quality_judge(quality))
-        r = run_tournament(candidates, judge, method="knockout")
+        r = play(candidates, judge, method="knockout")
         unordered = {frozenset(p) for p in judge.calls}
         assert len(unordered) == max(w - 1, 0)
         assert r.n_comparisons == len(judge.calls) == 2 * max(w - 1, 0)
@@ -256,19 +247,19 @@ def test_knockout_uses_w_minus_1_pairs_and_finds_the_true_best(w: int) -> None:
 def test_knockout_worst_is_an_approximation_among_first_round_losers() -> None:
     # Round 1: c1 beats c0, c3 beats c2, c5 beats c4. The three losers have 0 wins each, and the bracket never
     # compares them, so the lowest index (c0) is rejected although c2 is the true worst (round robin finds it).
-    r = run_tournament(CANDIDATES, quality_judge(QUALITY), method="knockout")
+    r = play(CANDIDATES, quality_judge(QUALITY), method="knockout")
     assert (r.best, r.worst) == (1, 0)
     assert r.scores == (0.0, 3.0, 0.0, 1.0, 0.0, 1.0)
-    assert run_tournament(CANDIDATES, quality_judge(QUALITY)).worst == 2
+    assert play(CANDIDATES, quality_judge(QUALITY)).worst == 2
 
 
 def test_knockout_always_a_judge_is_a_tie() -> None:
-    r = run_tournament(CANDIDATES, always("A"), method="knockout")
+    r = play(CANDIDATES, always("A"), method="knockout")
     assert r.is_tie and r.best is None and r.n_comparisons == 10
 
 
 def test_knockout_min_margin() -> None:
-    r = run_tournament(CANDIDATES, quality_judge(QUALITY), method="knockout", min_margin=100.0)
+    r = play(CANDIDATES, quality_judge(QUALITY), method="knockout", min_margin=100.0)
     assert r.best is None and r.rollback and r.below_margin and not r.is_tie and r.margin == 3.0
 
 
@@ -282,7 +273,7 @@ def test_every_result_is_exactly_one_of_accept_tie_or_below_margin(method) -> No
         def judge(pairs):
             return [Verdict(rng.choice(["A", "B", None])) for _ in pairs]
 
-        r = run_tournament(candidates, judge, method=method, min_margin=rng.choice([0.0, 1.0, 2.5]))
+        r = play(candidates, judge, method=method, min_margin=rng.choice([0.0, 1.0, 2.5]))
         assert [r.best is not None, r.is_tie, r.below_margin].count(True) == 1
         assert r.rollback == (r.best is None) and (r.best is None) == (r.worst is None)
 
@@ -350,7 +341,7 @@ def test_state_protocol_errors() -> None:
 
 
 def test_result_is_frozen() -> None:
-    r = run_tournament(CANDIDATES, quality_judge(QUALITY))
+    r = play(CANDIDATES, quality_judge(QUALITY))
     assert isinstance(r, TournamentResult)
     with pytest.raises(AttributeError):
         r.best = 0  # type: ignore[misc]

@@ -1,0 +1,322 @@
+"""``openrlhf-psr evidence RECIPE`` (``python -m openrlhf_psr.cli.evidence``): does the loop improve a model?
+Control arms from one M1.
+
+    openrlhf-psr evidence recipes/evidence_cpu.yaml --out docs
+
+One recipe, the ordinary launcher, several runs under ``--runs-dir``:
+
+1. ``<name>``: the recipe with ``stages.iterations=0``: M0 (if ``before_training``) and the SFT'd M1, evaluated.
+2. ``<name>-<arm>`` per arm: the same recipe started from that M1 (``model=<name>/sft/model``,
+   ``stages.sft.enabled=off``, ``data.eval.before_training=off``), so every arm searches the same prompts with the
+   same seeds and budgets and differs only in its judge:
+
+   - ``oracle``: exact arithmetic of the built-in task (the honest upper bound);
+   - ``random``: a seeded coin (the control: no gain expected);
+   - ``self``: the recipe's own judge (the paper's method);
+   - ``likelihood``: the policy's length-normalised log-probability of each step.
+
+   Only the ``self`` arm keeps the recipe's judge sets (its judge accuracy per iteration); the others skip them.
+3. The comparison (``--out``: ``evidence.md``, ``evidence.json``, ``evidence.png``): accuracy of every model on the
+   held-out benchmarks with Wilson 95% intervals, each arm's final gain over M1, judge accuracy per iteration, and
+   for every arm's training pairs how often the oracle agrees that the chosen step is the better one.
+
+Every run resumes like any recipe run, so an interrupted evidence run continues where it stopped; ``--report-only``
+rebuilds the comparison from finished runs. ``--set`` overrides apply to every run (e.g. a smaller size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from openrlhf_psr.errors import UserError
+
+# arm -> recipe overrides of its judge (``self`` keeps the recipe's). Judges without P(better) count verdicts.
+ARMS: dict[str, list[str]] = {
+    "oracle": ["psr.judge.name=oracle", "psr.judge.settings={}", "psr.search.aggregate=verdict"],
+    "random": ["psr.judge.name=random", "psr.judge.settings={}", "psr.search.aggregate=verdict"],
+    "self": [],
+    "likelihood": ["psr.judge.name=likelihood", "psr.judge.settings={score: mean}", "psr.search.aggregate=prob"],
+}
+
+
+def arm_overrides(arm: str, name: str, m1: Path) -> list[str]:
+    """The ``--set`` overrides that turn the evidence recipe into one arm started from the shared M1.
+
+    >>> arm_overrides("oracle", "ev", Path("/r/ev/sft/model"))[:4]
+    ['name=ev-oracle', 'model=/r/ev/sft/model', 'stages.sft.enabled=off', 'data.eval.before_training=off']
+    """
+    out = [f"name={name}-{arm}", f"model={m1}", "stages.sft.enabled=off", "data.eval.before_training=off"]
+    out += [] if arm == "self" else ["data.eval.judge_sets=[]"]
+    return out + ARMS[arm]
+
+
+def run_recipe(recipe: str, overrides: list[str], runs_dir: str, progress=print) -> tuple[Path, float]:
+    """One ordinary launcher run (preflight, stages, resume); (its folder, wall seconds)."""
+    from openrlhf_psr.cli.run import prepare
+
+    start = time.perf_counter()
+    recipe_run, notes = prepare(recipe, overrides, runs_dir)
+    for note in notes:
+        progress(f"preflight: {note}")
+    recipe_run.run(progress=progress)
+    return recipe_run.root, time.perf_counter() - start
+
+
+def absent_judge_sets(recipe: str, overrides: list[str]) -> list[str]:
+    """An override without the recipe's judge sets whose file is absent (PRM800K pairs outside the project's
+    workplace), each said on stdout; none when every file is there. Read before the recipe is validated, which
+    would refuse the missing file."""
+    import yaml
+
+    from openrlhf_psr.data.sources import JUDGE_PAIRS, parse_source
+    from openrlhf_psr.recipe import base_dir
+
+    specs = ((yaml.safe_load(Path(recipe).read_text()) or {}).get("data") or {}).get("eval", {}).get("judge_sets", [])
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key.strip() == "data.eval.judge_sets":
+            specs = yaml.safe_load(value) or []
+    kept = []
+    for spec in specs:
+        path = parse_source(spec, JUDGE_PAIRS).path
+        if path is None or (base_dir() / path).exists():
+            kept.append(spec)
+        else:
+            print(f"evidence: judge set {spec!r} left out: {path} is absent")
+    return [] if kept == specs else [f"data.eval.judge_sets={json.dumps(kept)}"]
+
+
+# -- the comparison --------------------------------------------------------------------------------------------
+def _summary(run: Path) -> dict:
+    from openrlhf_psr.cli.report import build_report
+
+    return build_report(run)
+
+
+def oracle_agreement(search: Path) -> dict:
+    """How the oracle sees an arm's training pairs: ``agree`` (it ranks the chosen step above the rejected one),
+    ``disagree`` (below), ``undecided`` (same label), over all pairs of one search folder."""
+    from openrlhf_psr.io import read_jsonl
+    from openrlhf_psr.judges.oracle import _RANK, check_step
+
+    counts = {"pairs": 0, "agree": 0, "disagree": 0, "undecided": 0}
+    for shard in sorted((search / "pairs").glob("shard-*.jsonl")):
+        for pair in read_jsonl(shard):
+            previous = tuple(pair.get("prefix_steps") or ())
+            chosen = _RANK[check_step(pair["question"], previous, pair["chosen"]).label]
+            rejected = _RANK[check_step(pair["question"], previous, pair["rejected"]).label]
+            key = "agree" if chosen > rejected else "disagree" if chosen < rejected else "undecided"
+            counts["pairs"] += 1
+            counts[key] += 1
+    counts["agreement"] = counts["agree"] / counts["pairs"] if counts["pairs"] else None
+    return counts
+
+
+def _cell(cell: dict | None) -> str:
+    from openrlhf_psr.eval.stats import format_interval
+
+    if not cell or cell.get("value") is None:
+        return "-"
+    return f"{format_interval(cell['value'], tuple(cell['ci95']) if cell.get('ci95') else None)} ({cell['n']})"
+
+
+def _gain(first: dict | None, last: dict | None) -> dict | None:
+    """Final minus M1 in points, and whether the two 95% intervals are disjoint."""
+    if not first or not last or first.get("value") is None or last.get("value") is None:
+        return None
+    disjoint = None
+    if first.get("ci95") and last.get("ci95"):
+        disjoint = last["ci95"][0] > first["ci95"][1] or last["ci95"][1] < first["ci95"][0]
+    return {"points": 100 * (last["value"] - first["value"]), "intervals_disjoint": disjoint}
+
+
+def compare(base: Path, arms: dict[str, Path], seconds: dict[str, float] | None = None) -> dict:
+    """The evidence summary from finished runs (the base run and one run per arm)."""
+    base_summary = _summary(base)
+    m1 = base_summary["models"].get("M1")
+    if m1 is None:
+        raise UserError(f"{base}: expected M1's evaluation (sft/eval/eval.json); run the evidence recipe first")
+    benchmarks = sorted(m1["accuracy_ci95"])
+    result: dict = {"base": str(base), "benchmarks": benchmarks, "seconds": seconds or {}, "arms": {}}
+    result["M0"] = base_summary["models"].get("M0")
+    result["M1"] = m1
+    for arm, run in arms.items():
+        summary = _summary(run)
+        models = {"M1": m1, **{k: v for k, v in summary["models"].items() if k not in ("M0", "M1")}}
+        last = list(models)[-1]
+        result["arms"][arm] = {
+            "run": str(run),
+            "models": models,
+            "final": last,
+            "gain": {b: _gain(m1["accuracy_ci95"].get(b), models[last]["accuracy_ci95"].get(b)) for b in benchmarks},
+            "search": summary["search"],
+            "oracle_agreement": {it: oracle_agreement(run / it / "search") for it in summary["search"]},
+        }
+    return result
+
+
+def _markdown(result: dict) -> str:
+    benchmarks, arms = result["benchmarks"], result["arms"]
+    md = ["# Evidence: does the loop improve the model?", ""]
+    md += [f"M1 = `{result['base']}/sft/model`, shared by every arm. Accuracy in %, greedy, "
+           "[Wilson 95% interval] (n).", ""]  # fmt: skip
+    for b in benchmarks:
+        depth = max((len(a["models"]) for a in arms.values()), default=1)
+        header = ["arm", *(f"M{k}" for k in range(1, depth + 1)), "gain (points)", "intervals disjoint"]
+        rows = []
+        if result.get("M0"):
+            rows.append(["M0 (before SFT)", _cell(result["M0"]["accuracy_ci95"].get(b)), *[""] * (depth + 1)])
+        for arm, a in arms.items():
+            cells = [_cell(m["accuracy_ci95"].get(b)) for m in a["models"].values()]
+            gain = a["gain"].get(b) or {}
+            disjoint = {True: "yes", False: "no", None: "-"}[gain.get("intervals_disjoint")]
+            points = f"{gain['points']:+.1f}" if gain else "-"
+            rows.append([arm, *cells, *[""] * (depth - len(cells)), points, disjoint])
+        md += [f"## Accuracy on {b}", "", _table(header, rows), ""]
+    oracle = arms.get("oracle", {}).get("gain", {})
+    selfish = arms.get("self", {}).get("gain", {})
+    fractions = [
+        f"{b}: self gain / oracle gain = {selfish[b]['points'] / oracle[b]['points']:.2f}"
+        for b in benchmarks
+        if oracle.get(b) and selfish.get(b) and oracle[b]["points"] > 0
+    ]
+    if fractions:
+        md += ["; ".join(fractions), ""]
+    judge_rows = []
+    for arm, a in arms.items():
+        for label, model in a["models"].items():
+            for judge_set, cell in model.get("judge_accuracy_ci95", {}).items():
+                if arm == "self" or label != "M1":
+                    judge_rows.append([arm, label, judge_set, _cell(cell)])
+    if judge_rows:
+        md += ["## Judge accuracy per iteration (%, both orders, [95% CI] (pairs))", ""]
+        md += [_table(["arm", "model", "judge/set", "accuracy"], judge_rows), ""]
+    pair_rows = []
+    for arm, a in arms.items():
+        for it, s in a["search"].items():
+            agreement = a["oracle_agreement"].get(it, {})
+            pair_rows.append([arm, it, str(s.get("pairs", "-")), _pct(agreement.get("agreement")),
+                              str(agreement.get("disagree", "-")), str(agreement.get("undecided", "-")),
+                              _pct(s.get("abstention_rate")), _pct(s.get("accuracy"))])  # fmt: skip
+    if pair_rows:
+        md += ["## Training pairs per iteration", "",
+               "oracle agrees: the exact checker ranks the chosen step above the rejected one (%)", ""]  # fmt: skip
+        md += [_table(["arm", "iteration", "pairs", "oracle agrees", "oracle disagrees", "undecided",
+                       "judge abstention", "search accuracy"], pair_rows), ""]  # fmt: skip
+    if result["seconds"]:
+        md += ["## Wall time (s)", "", _table(["run", "seconds"], [[k, f"{v:.0f}"] for k, v in
+                                                                    result["seconds"].items()]), ""]  # fmt: skip
+    return "\n".join(md)
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def _plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for b in result["benchmarks"]:
+        for k, (arm, a) in enumerate(result["arms"].items()):
+            cells = [m["accuracy_ci95"].get(b) or {} for m in a["models"].values()]
+            xs = [int(label[1:]) + 0.04 * (k - 1.5) for label in a["models"]]
+            ys = [100 * c["value"] if c.get("value") is not None else float("nan") for c in cells]
+            low = [y - 100 * c["ci95"][0] if c.get("ci95") else 0.0 for y, c in zip(ys, cells, strict=True)]
+            high = [100 * c["ci95"][1] - y if c.get("ci95") else 0.0 for y, c in zip(ys, cells, strict=True)]
+            axes[0].errorbar(xs, ys, yerr=[low, high], marker="o", capsize=3, label=f"{arm} ({b})")
+    axes[0].set(title="held-out accuracy (%, Wilson 95%)", xlabel="model M(k)")
+    a = result["arms"].get("self")
+    if a:
+        sets = sorted({j for m in a["models"].values() for j in m.get("judge_accuracy_ci95", {})})
+        for judge_set in sets:
+            cells = [(int(label[1:]), m["judge_accuracy_ci95"].get(judge_set)) for label, m in a["models"].items()]
+            cells = [(x, c) for x, c in cells if c and c.get("value") is not None]
+            if not cells:
+                continue
+            ys = [100 * c["value"] for _, c in cells]
+            low = [y - 100 * c["ci95"][0] if c.get("ci95") else 0.0 for y, (_, c) in zip(ys, cells, strict=True)]
+            high = [100 * c["ci95"][1] - y if c.get("ci95") else 0.0 for y, (_, c) in zip(ys, cells, strict=True)]
+            axes[1].errorbar([x for x, _ in cells], ys, yerr=[low, high], marker="o", capsize=3, label=judge_set)
+        axes[1].axhline(50, color="grey", linestyle=":", linewidth=1)
+    axes[1].set(title="self judge accuracy (%, Wilson 95%)", xlabel="model M(k)")
+    for ax in axes:
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write(result: dict, out: Path) -> Path:
+    from openrlhf_psr.io import atomic_write_text
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "evidence.json", json.dumps(result, indent=2))
+    _plot(result, out / "evidence.png")
+    text = _markdown(result) + "\n![accuracy per iteration per arm; self judge accuracy](evidence.png)\n"
+    atomic_write_text(out / "evidence.md", text)
+    return out / "evidence.md"
+
+
+# -- command -----------------------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", help="the evidence recipe (recipes/evidence_cpu.yaml)")
+    parser.add_argument("--arms", default="oracle,random,self,likelihood", help=f"comma list of {', '.join(ARMS)}")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override a recipe field in every run (the value is YAML), repeatable")  # fmt: skip
+    parser.add_argument("--runs-dir", default="runs")
+    parser.add_argument(
+        "--out", default=None, help="folder for evidence.{md,json,png} (default: RUNS/<name>-evidence)"
+    )
+    parser.add_argument("--report-only", action="store_true", help="only rebuild the comparison from finished runs")
+
+
+def run(args: argparse.Namespace) -> int:
+    from openrlhf_psr.recipe import load_recipe
+
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown or not arms:
+        raise UserError(f"--arms {args.arms!r}: expected a comma list of {', '.join(ARMS)}")
+    args.set = [*args.set, *absent_judge_sets(args.recipe, args.set)]
+    name = load_recipe(args.recipe, args.set).name
+    overrides = [*args.set, "stages.iterations=0"]
+    seconds: dict[str, float] = {}
+    if args.report_only:
+        runs_dir = Path(args.runs_dir).resolve()
+        base, roots = runs_dir / name, {arm: runs_dir / f"{name}-{arm}" for arm in arms}
+    else:
+        print(f"== evidence: M1 ({name})", flush=True)
+        base, seconds[name] = run_recipe(args.recipe, overrides, args.runs_dir)
+        roots = {}
+        for arm in arms:
+            print(f"== evidence: arm {arm}", flush=True)
+            roots[arm], seconds[f"{name}-{arm}"] = run_recipe(
+                args.recipe, [*args.set, *arm_overrides(arm, name, base / "sft" / "model")], args.runs_dir
+            )
+    result = compare(base, roots, seconds)
+    out = Path(args.out) if args.out else base.parent / f"{name}-evidence"
+    print(write(result, out).read_text())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from openrlhf_psr.cli.app import module_main
+
+    return module_main(add_arguments, run, argv, "python -m openrlhf_psr.cli.evidence", __doc__)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,128 @@
+"""The logit judge read from the generation engine (``Engine.next_token_logprobs``) and evaluation built through the
+recipe's generator plugin, checked with scripted engines (no model)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from openrlhf_psr.engines.base import CountingEngine, Engine
+from openrlhf_psr.judges.base import Comparison, JudgeContext
+from openrlhf_psr.judges.logit import LogitJudge
+from openrlhf_psr.testing import CharTokenizer
+
+pytestmark = pytest.mark.unit
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+
+
+class ScriptedLogprobs(Engine):
+    """Answers ``next_token_logprobs`` from a table keyed by the comparison's step A (the first key in the prompt)."""
+
+    tokenizer = CharTokenizer()
+
+    def __init__(self, table: dict[str, tuple[float, float]]):
+        self.table = table
+        self.calls: list[tuple[list[list[int]], list[int], list]] = []
+
+    def generate(self, requests):
+        raise AssertionError("the logit judge never generates")
+
+    def next_token_logprobs(self, prompts, token_ids, *, affinity=()):
+        self.calls.append(([list(p) for p in prompts], list(token_ids), list(affinity)))
+        out = []
+        for p in prompts:
+            text = self.tokenizer.decode(p)
+            key = min((k for k in self.table if k in text), key=text.find)  # step A is shown first
+            out.append(list(self.table[key]))
+        return out
+
+
+def _comparison(a: str, b: str, question: str = "q1") -> Comparison:
+    return Comparison(question, (), a, b)
+
+
+def test_logit_judge_reads_p_a_from_one_batched_engine_call_and_abstains_on_ties():
+    engine = ScriptedLogprobs({
+        "Step 1: good": (math.log(0.6), math.log(0.2)),  # P(A) = 0.6 / (0.6 + 0.2) = 0.75
+        "Step 1: bad": (math.log(0.1), math.log(0.3)),  # 0.25
+        "Step 1: tie": (-2.0, -2.0),  # equal logits: no preference
+        "Step 1: lost": (float("-inf"), -1.0),  # no finite log-prob: no verdict
+    })  # fmt: skip
+    counting = CountingEngine(engine)
+    judge = LogitJudge.from_config(JudgeContext(model="unused", engine=counting), chat_template=False)
+    assert judge.model is None  # nothing loaded: the engine reads the verdict
+    comparisons = [_comparison(a, "Step 1: other", question=f"q{k % 2}") for k, a in
+                   enumerate(["Step 1: good", "Step 1: bad", "Step 1: tie", "Step 1: lost"])]  # fmt: skip
+    verdicts = [j.verdict for j in judge.judge(comparisons)]
+    assert [v.winner for v in verdicts] == ["A", "B", None, None]
+    assert verdicts[0].p_a == pytest.approx(0.75) and verdicts[1].p_a == pytest.approx(0.25)
+    assert verdicts[2].p_a == 0.5 and verdicts[3].p_a is None
+    assert counting.calls == 1 and counting.scored_prompts == 4  # one batched call for the whole batch
+    [(prompts, token_ids, affinity)] = engine.calls
+    assert token_ids == [ord("A"), ord("B")]  # the letters after the verdict opening "[["
+    assert affinity == ["q0", "q1", "q0", "q1"]  # a problem's comparisons go to the engine holding its prefix
+    assert all(p[-2:] == [ord("["), ord("[")] for p in prompts)  # the prompt ends where the verdict goes
+    assert prompts == [judge.prompt_ids(c) for c in comparisons]
+
+
+def test_logit_judge_probabilities_aggregate_over_both_orders():
+    from openrlhf_psr.tournament import aggregate_pair
+
+    engine = ScriptedLogprobs(
+        {"Step 1: x": (math.log(0.7), math.log(0.3)), "Step 1: y": (math.log(0.4), math.log(0.6))}
+    )
+    judge = LogitJudge(engine=engine, chat_template=False)
+    xy, yx = (
+        j.verdict for j in judge.judge([_comparison("Step 1: x", "Step 1: y"), _comparison("Step 1: y", "Step 1: x")])
+    )
+    outcome = aggregate_pair(0, 1, xy, yx, aggregate="prob")
+    assert outcome.p_i == pytest.approx((0.7 + 0.6) / 2) and outcome.score_i == 1.0
+
+
+def test_logit_judge_engine_backend_requires_an_engine_that_can_score():
+    class GenerateOnly(Engine):
+        tokenizer = CharTokenizer()
+
+        def generate(self, requests):
+            return []
+
+    judge = LogitJudge(engine=GenerateOnly(), backend="engine", chat_template=False)
+    with pytest.raises(NotImplementedError, match="next-token log-probs"):
+        judge.judge([_comparison("Step 1: a", "Step 1: b")])
+    with pytest.raises(ValueError, match="expected a model"):  # auto: no model to fall back on
+        LogitJudge(engine=None)
+    with pytest.raises(ValueError, match="backend"):
+        LogitJudge(engine=GenerateOnly(), backend="fast")
+
+
+def test_evaluation_builds_its_engine_through_the_recipes_generator_plugin(monkeypatch, tmp_path):
+    """The paper recipes search *and* evaluate on OpenRLHF's engines: evaluation used to build an in-process vLLM
+    engine whatever psr.generator said (7 of 8 GPUs idle, and a TP=1 engine for 72B without cluster.eval)."""
+    from openrlhf_psr.cli.evaluate import build_engine
+    from openrlhf_psr.launcher import RecipeRun
+    from openrlhf_psr.recipe import EvaluateConfig, load_recipe
+    from openrlhf_psr.registry import GENERATORS
+
+    built = []
+
+    class Recorder:
+        @classmethod
+        def from_config(cls, model, **settings):
+            built.append((model, settings))
+            return cls()
+
+    for name, engines, tp in (("psr_qwen2.5_math_7b.yaml", 8, 1), ("psr_qwen2.5_math_72b.yaml", 2, 8)):
+        stages = {s.name: s for s in RecipeRun(load_recipe(RECIPES / name), runs_dir=tmp_path).plan()}
+        for stage in ("eval_m0", "iter_1/eval", "iter_1/search"):
+            generator = stages[stage].config["generator"]
+            assert generator["name"] == "openrlhf_ray", (name, stage)
+            assert (
+                generator["settings"]["num_engines"] == engines and generator["settings"]["tensor_parallel_size"] == tp
+            )
+        config = EvaluateConfig(**stages["eval_m0"].config)
+        monkeypatch.setitem(GENERATORS._items, "openrlhf_ray", Recorder)
+        build_engine(config)
+        assert built[-1] == (config.model, {"seed": config.seed, "max_model_len": 4096, "num_engines": engines,
+                                            "tensor_parallel_size": tp})  # fmt: skip

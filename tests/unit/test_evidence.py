@@ -1,0 +1,115 @@
+"""The evidence comparison (issue 13) from finished runs: gains over the shared M1 with their intervals, the self
+judge's accuracy per iteration, and how the oracle sees each arm's training pairs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from openrlhf_psr.cli import evidence
+from openrlhf_psr.data.arith import make_problem
+from openrlhf_psr.errors import UserError
+
+pytestmark = pytest.mark.unit
+
+
+def _eval(correct: int, n: int, judge: float | None = None) -> dict:
+    metrics = {"accuracy": correct / n, "boxed_rate": 1.0, "step_marker_rate": 1.0, "mean_steps": 3.0,
+               "mean_step_tokens": 20.0, "n": n}  # fmt: skip
+    judges = {}
+    if judge is not None:
+        judges["logit/builtin"] = {"pairs": 200, "accuracy": judge, "consistency": 0.9, "abstention_rate": 0.0,
+                                   "prob_accuracy": judge, "always_a_rate": 0.5}  # fmt: skip
+    records = [{"correct": k < correct} for k in range(n)]
+    return {"benchmarks": {"arith": {"metrics": metrics, "records": records}}, "judges": judges}
+
+
+def _write(folder: Path, result: dict) -> None:
+    folder.mkdir(parents=True)
+    (folder / "eval.json").write_text(json.dumps(result))
+
+
+def _search(run: Path, t: int, pairs: list[dict]) -> None:
+    search = run / f"iter_{t}" / "search"
+    (search / "pairs").mkdir(parents=True)
+    (search / "pairs" / "shard-00000.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    (search / "summary.json").write_text(json.dumps({"problems": 300, "pairs": len(pairs), "accuracy": 0.3}))
+
+
+def _pair(chosen_right: bool) -> dict:
+    p = make_problem(0, 0)
+    wrong = p.steps[1].replace(p.steps[1].rstrip(".").split()[-1], "999")
+    right = p.steps[1]
+    return {"question": p.question, "prefix_steps": [p.steps[0]], "chosen": right if chosen_right else wrong,
+            "rejected": wrong if chosen_right else right}  # fmt: skip
+
+
+def _runs(tmp_path: Path) -> tuple[Path, dict[str, Path]]:
+    base = tmp_path / "ev"
+    _write(base / "sft" / "eval", _eval(60, 300, judge=0.6))
+    arms = {}
+    for arm, final, agree in (("oracle", 120, 1.0), ("random", 63, 0.5), ("self", 80, 0.75)):
+        run = arms[arm] = tmp_path / f"ev-{arm}"
+        _write(run / "iter_1" / "eval", _eval((60 + final) // 2, 300, judge=0.7 if arm == "self" else None))
+        _write(run / "iter_2" / "eval", _eval(final, 300, judge=0.8 if arm == "self" else None))
+        for t in (1, 2):
+            _search(run, t, [_pair(True)] * int(4 * agree) + [_pair(False)] * (4 - int(4 * agree)))
+    return base, arms
+
+
+def test_gains_over_the_shared_m1_with_disjoint_intervals(tmp_path):
+    base, arms = _runs(tmp_path)
+    result = evidence.compare(base, arms, {"ev": 10.0})
+    oracle, random_arm = result["arms"]["oracle"], result["arms"]["random"]
+    assert list(oracle["models"]) == ["M1", "M2", "M3"] and oracle["final"] == "M3"
+    assert oracle["gain"]["arith"]["points"] == pytest.approx(20.0)  # 40% - 20%
+    assert oracle["gain"]["arith"]["intervals_disjoint"] is True
+    assert random_arm["gain"]["arith"]["points"] == pytest.approx(1.0)
+    assert random_arm["gain"]["arith"]["intervals_disjoint"] is False
+    assert oracle["oracle_agreement"]["iter_1"] == {"pairs": 4, "agree": 4, "disagree": 0, "undecided": 0,
+                                                    "agreement": 1.0}  # fmt: skip
+    assert random_arm["oracle_agreement"]["iter_2"]["disagree"] == 2
+    out = evidence.write(result, tmp_path / "out")
+    text = out.read_text()
+    row = "| oracle | 20.0 [15.9, 24.9] (300) | 30.0 [25.1, 35.4] (300) | 40.0 [34.6, 45.6] (300) | +20.0 | yes |"
+    assert row in text
+    assert "self gain / oracle gain = 0.33" in text
+    assert "| self | M3 | logit/builtin | 80.0" in text  # the self judge per iteration
+    assert "| self | M1 | logit/builtin | 60.0" in text  # ... from M1 on
+    assert (tmp_path / "out" / "evidence.png").stat().st_size > 0
+    assert json.loads((tmp_path / "out" / "evidence.json").read_text())["arms"]["self"]["final"] == "M3"
+
+
+def test_a_missing_m1_evaluation_is_a_clear_error(tmp_path):
+    base, arms = _runs(tmp_path)
+    (base / "sft" / "eval" / "eval.json").unlink()
+    (base / "m0" / "eval").mkdir(parents=True)
+    (base / "m0" / "eval" / "eval.json").write_text(json.dumps(_eval(1, 300)))
+    with pytest.raises(UserError, match="expected M1's evaluation"):
+        evidence.compare(base, arms)
+
+
+def test_every_arm_starts_from_m1_and_only_self_keeps_the_judge_sets():
+    m1 = Path("/runs/ev/sft/model")
+    for arm in evidence.ARMS:
+        sets = evidence.arm_overrides(arm, "ev", m1)
+        assert sets[:4] == [f"name=ev-{arm}", f"model={m1}", "stages.sft.enabled=off", "data.eval.before_training=off"]
+        assert ("data.eval.judge_sets=[]" in sets) == (arm != "self")
+    assert "psr.judge.name=oracle" in evidence.arm_overrides("oracle", "ev", m1)
+    assert not [s for s in evidence.arm_overrides("self", "ev", m1) if s.startswith("psr.judge")]
+
+
+def test_unknown_arms_are_refused(tmp_path, capsys):
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "evidence_cpu.yaml"
+    assert evidence.main([str(recipe), "--arms", "oracle,coin", "--runs-dir", str(tmp_path)]) == 2
+    assert "--arms 'oracle,coin'" in capsys.readouterr().err
+
+
+def test_an_absent_judge_set_file_is_left_out_and_said(capsys):
+    recipe = str(Path(__file__).resolve().parents[2] / "recipes" / "evidence_cpu.yaml")
+    given = 'data.eval.judge_sets=["prm800k:/nowhere/pairs.parquet?limit=3", "builtin:arith?n=3"]'
+    assert evidence.absent_judge_sets(recipe, [given]) == ['data.eval.judge_sets=["builtin:arith?n=3"]']
+    assert "/nowhere/pairs.parquet is absent" in capsys.readouterr().out
+    assert evidence.absent_judge_sets(recipe, ['data.eval.judge_sets=["builtin:arith?n=3"]']) == []
