@@ -155,6 +155,28 @@ def read_config_file(path: str | Path) -> dict:
     return data
 
 
+def _complete_sections(data: dict, cls: type[BaseModel]) -> None:
+    """Fill the settings a partly given section leaves out with that section's defaults, so ``--max-model-len 1024``
+    alone (``generator.max_model_len``) keeps the default ``generator.name`` instead of leaving it missing.
+
+    >>> from openrlhf_psr.recipe import SearchStageConfig
+    >>> data = {"generator": {"max_model_len": 1024}}
+    >>> _complete_sections(data, SearchStageConfig)
+    >>> data["generator"]
+    {'max_model_len': 1024, 'name': 'vllm', 'settings': {}}
+    """
+    import copy
+
+    for path, info, default in leaf_settings(cls):
+        if len(path) < 2 or (default is None and info.is_required()):
+            continue
+        node: Any = data
+        for key in path[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict) and path[-1] not in node:
+            node[path[-1]] = copy.deepcopy(default)
+
+
 def config_from_args(args: argparse.Namespace, cls: type[BaseModel]):
     """The validated config: defaults < ``--config`` < ``--set`` < flags; each error line names where the bad (or
     missing) value came from."""
@@ -173,6 +195,7 @@ def config_from_args(args: argparse.Namespace, cls: type[BaseModel]):
         value = getattr(args, dotted)
         _set_path(data, dotted.split("."), None if value == "" and dotted in optional else value)
         origin[dotted] = flag
+    _complete_sections(data, cls)
     try:
         return cls.model_validate(data)
     except ValidationError as exc:

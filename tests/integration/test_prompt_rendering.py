@@ -164,7 +164,12 @@ def test_evaluation_judges_and_test_time_scaling_follow_the_recipe_format(tmp_pa
     from openrlhf_psr.recipe import load_recipe
 
     engine = TwoAnswerEngine(tokenizer)
-    monkeypatch.setattr(vllm_local, "VLLMLocalEngine", lambda **kw: engine)
+    class Generator:  # the `vllm` generator plugin, as evaluation builds it (registry -> from_config)
+        @classmethod
+        def from_config(cls, model, **settings):
+            return engine
+
+    monkeypatch.setattr(vllm_local, "VLLMLocalEngine", Generator)
     recipe = load_recipe(RECIPES / "tiny_cpu.yaml", [f"psr.chat_template={str(chat_template).lower()}",
                                                      'data.eval.judges=["generative"]'])  # fmt: skip
     stage = RecipeRun(recipe, runs_dir=tmp_path).plan()[0]  # eval_m0, as the launcher runs it

@@ -193,3 +193,23 @@ def test_every_boolean_setting_of_search_and_evaluate_is_an_on_off_flag_that_rea
             assert config is value, (flag, spelling)
         with pytest.raises(UsageError, match=rf"argument {flag}: expected on or off, found 'maybe'"):
             parser.parse_args(["--out", "x", flag, "maybe"])
+
+
+def test_one_flag_of_a_section_keeps_the_sections_other_defaults():
+    """``openrlhf-psr search ... --max-model-len 1024`` (the README's command) gave ``generator.max_model_len`` alone
+    and failed with "--generator: expected a value": the section's default name was lost."""
+    from openrlhf_psr.cli import evaluate, search
+    from openrlhf_psr.cli.app import Parser
+
+    parser = Parser(prog="search")
+    search.add_arguments(parser)
+    args = parser.parse_args(["--model", "default", "--problems", "builtin:arith?n=2", "--out", "o",
+                              "--max-model-len", "1024", "--judge-settings", '{"max_tokens": 8}'])  # fmt: skip
+    config = search.stage_config(args)
+    assert (config.generator.name, config.generator.max_model_len) == ("vllm", 1024)
+    assert (config.judge.name, config.judge.settings) == ("generative", {"max_tokens": 8})
+    parser = Parser(prog="evaluate")
+    evaluate.add_arguments(parser)
+    args = parser.parse_args(["--model", "default", "--out", "o", "--benchmark", "arith?n=2",
+                              "--generator-settings", '{"enforce_eager": true}'])  # fmt: skip
+    assert evaluate.stage_config(args).generator.name == "vllm"
