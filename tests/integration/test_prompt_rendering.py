@@ -164,6 +164,7 @@ def test_evaluation_judges_and_test_time_scaling_follow_the_recipe_format(tmp_pa
     from openrlhf_psr.recipe import load_recipe
 
     engine = TwoAnswerEngine(tokenizer)
+
     class Generator:  # the `vllm` generator plugin, as evaluation builds it (registry -> from_config)
         @classmethod
         def from_config(cls, model, **settings):
