@@ -227,15 +227,15 @@ def _plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from openrlhf_psr.eval.stats import percent_error_bars
+
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for b in result["benchmarks"]:
         for k, (arm, a) in enumerate(result["arms"].items()):
             cells = [m["accuracy_ci95"].get(b) or {} for m in a["models"].values()]
             xs = [int(label[1:]) + 0.04 * (k - 1.5) for label in a["models"]]
-            ys = [100 * c["value"] if c.get("value") is not None else float("nan") for c in cells]
-            low = [y - 100 * c["ci95"][0] if c.get("ci95") else 0.0 for y, c in zip(ys, cells, strict=True)]
-            high = [100 * c["ci95"][1] - y if c.get("ci95") else 0.0 for y, c in zip(ys, cells, strict=True)]
-            axes[0].errorbar(xs, ys, yerr=[low, high], marker="o", capsize=3, label=f"{arm} ({b})")
+            ys, errors = percent_error_bars(cells)
+            axes[0].errorbar(xs, ys, yerr=errors, marker="o", capsize=3, label=f"{arm} ({b})")
     axes[0].set(title="held-out accuracy (%, Wilson 95%)", xlabel="model M(k)")
     a = result["arms"].get("self")
     if a:
@@ -245,10 +245,8 @@ def _plot(result: dict, path: Path) -> None:
             cells = [(x, c) for x, c in cells if c and c.get("value") is not None]
             if not cells:
                 continue
-            ys = [100 * c["value"] for _, c in cells]
-            low = [y - 100 * c["ci95"][0] if c.get("ci95") else 0.0 for y, (_, c) in zip(ys, cells, strict=True)]
-            high = [100 * c["ci95"][1] - y if c.get("ci95") else 0.0 for y, (_, c) in zip(ys, cells, strict=True)]
-            axes[1].errorbar([x for x, _ in cells], ys, yerr=[low, high], marker="o", capsize=3, label=judge_set)
+            ys, errors = percent_error_bars([c for _, c in cells])
+            axes[1].errorbar([x for x, _ in cells], ys, yerr=errors, marker="o", capsize=3, label=judge_set)
         axes[1].axhline(50, color="grey", linestyle=":", linewidth=1)
     axes[1].set(title="self judge accuracy (%, Wilson 95%)", xlabel="model M(k)")
     for ax in axes:

@@ -161,17 +161,15 @@ def _plots(summary: dict, benchmarks: list[str], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from openrlhf_psr.eval.stats import percent_error_bars
+
     models = list(summary["models"])
     if not models:
         return
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for b in benchmarks:
         cells = [summary["models"][m]["accuracy_ci95"].get(b) or {} for m in models]
-        ys = [100 * c["value"] if c.get("value") is not None else float("nan") for c in cells]
-        errors = [
-            [y - 100 * c["ci95"][0] if c.get("ci95") else 0.0 for y, c in zip(ys, cells, strict=True)],
-            [100 * c["ci95"][1] - y if c.get("ci95") else 0.0 for y, c in zip(ys, cells, strict=True)],
-        ]
+        ys, errors = percent_error_bars(cells)
         axes[0].errorbar(models, ys, yerr=errors, marker="o", capsize=3, label=b)
         steps = [summary["models"][m]["steps"].get(b, {}).get("mean_steps") for m in models]
         axes[1].plot(models, [s if s is not None else float("nan") for s in steps], marker="o", label=b)

@@ -49,3 +49,16 @@ def format_interval(value: float | None, interval: tuple[float, float] | None) -
     if interval is None:
         return f"{100 * value:.1f}"
     return f"{100 * value:.1f} [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
+
+
+def percent_error_bars(cells: list[dict]) -> tuple[list[float], list[list[float]]]:
+    """Plot values in percent and matplotlib's ``yerr`` (below, above) from ``{"value", "ci95"}`` cells; a cell
+    without a value is NaN, one without an interval has no bar.
+
+    >>> percent_error_bars([{"value": 0.5, "ci95": [0.25, 0.75]}, {"value": 0.1}, {}])
+    ([50.0, 10.0, nan], [[25.0, 0.0, 0.0], [25.0, 0.0, 0.0]])
+    """
+    ys = [100 * c["value"] if c.get("value") is not None else math.nan for c in cells]
+    low = [y - 100 * c["ci95"][0] if c.get("ci95") else 0.0 for y, c in zip(ys, cells, strict=True)]
+    high = [100 * c["ci95"][1] - y if c.get("ci95") else 0.0 for y, c in zip(ys, cells, strict=True)]
+    return ys, [low, high]
