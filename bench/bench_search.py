@@ -69,6 +69,35 @@ def replay(judge, batches) -> tuple[float, list[float]]:
     return time.perf_counter() - start, probs
 
 
+def computed_tokens(calls, block_size: int, batch_size: int) -> tuple[int, int]:
+    """Prompt tokens each backend computes for the judge prompts of ``calls`` (one list of prompt ids per judge call,
+    in order): (engine, transformers).
+
+    The engine: vLLM's prefix cache holds full blocks of ``block_size`` tokens keyed by everything before them, so a
+    prompt computes only what follows its longest cached run of blocks (at least its last token); cache sized to hold
+    everything here. The transformers forward: every batch of ``batch_size`` left-padded to its longest prompt. Their
+    ratio is the FLOP ceiling of the engine's speed-up on this workload (the model is the same size in both).
+
+    >>> computed_tokens([[[1] * 40, [1] * 32 + [2] * 8]], block_size=16, batch_size=8)
+    (48, 80)
+    >>> computed_tokens([[[1] * 40], [[1] * 32 + [2] * 8]], block_size=16, batch_size=8)
+    (48, 80)
+    """
+    cached: set[tuple[int, ...]] = set()
+    engine = forward = 0
+    for prompts in calls:
+        for start in range(0, len(prompts), batch_size):
+            batch = prompts[start : start + batch_size]
+            forward += len(batch) * max(map(len, batch))
+    for ids in (ids for prompts in calls for ids in prompts):
+        hit = 0
+        while hit + block_size <= len(ids) and tuple(ids[: hit + block_size]) in cached:
+            hit += block_size
+        engine += max(1, len(ids) - hit)
+        cached.update(tuple(ids[:end]) for end in range(block_size, len(ids) + 1, block_size))
+    return engine, forward
+
+
 def abstention_rate(probs) -> float:
     """Share of comparisons without a verdict: an exact tie (P("A") = 0.5) or no finite log-probs (NaN)."""
     return sum(1 for p in probs if p != p or p == 0.5) / len(probs) if probs else float("nan")
@@ -174,6 +203,9 @@ def main() -> None:
         base.llm.reset_prefix_cache()
         e_seconds, e_probs = replay(on_engine.inner, batches)
         f_seconds, f_probs = replay(forward.inner, batches)
+        prompts = [[on_engine.inner.prompt_ids(c) for c in batch] for batch in batches]
+        block_size = base.llm.llm_engine.vllm_config.cache_config.block_size
+        e_tokens, f_tokens = computed_tokens(prompts, block_size, forward.inner.batch_size)
 
     # ceiling: the same number of sequences, one batched sampling call with the same settings
     stop = tuple(step_stop_strings())
@@ -225,6 +257,9 @@ def main() -> None:
     ):
         print(f"  {label:22}{n / seconds:8.1f} comparisons/s   abstention rate {abstention_rate(probs):.3f}")
     print(f"  speed-up engine / transformers: {f_seconds / e_seconds:.2f}x   (target >= 5x)")
+    print(f"  prompt tokens computed per comparison: engine {e_tokens / n:.0f} (block {block_size}, prefix-cached), "
+          f"transformers {f_tokens / n:.0f} (batches of {forward.inner.batch_size}, padded); "
+          f"FLOP ceiling of the speed-up {f_tokens / e_tokens:.2f}x")  # fmt: skip
     print(f"  P(A) max abs difference engine vs transformers: {diff:.4f}   (target <= 0.02)")
     print(f"share of search wall time spent judging at w={config.width} (logit judge, prob aggregation):")
     print(f"  engine log-probs      {100 * on_engine.seconds / l_elapsed:5.1f}% of {l_elapsed:.1f} s   "

@@ -139,6 +139,7 @@ def run_preflight(run, runs_dir) -> tuple[list[str], list[str]]:
     _sft_sources(recipe, problems, notes)
     _eval_sources(recipe, problems, notes)
     _resources(recipe, problems, notes)
+    problems += vllm_settings_problems(recipe.psr.generator.name, recipe.psr.generator.settings)
     try:
         for stage in run.plan():
             out = Path(stage.output).resolve()
@@ -147,6 +148,48 @@ def run_preflight(run, runs_dir) -> tuple[list[str], list[str]]:
     except UserError as exc:
         problems += exc.problems
     return problems, notes
+
+
+def vllm_settings_problems(generator: str, settings: dict, engine_fields: set[str] | None = None) -> list[str]:
+    """Settings of the in-process ``vllm`` generator that neither this project's engine nor vLLM's ``EngineArgs``
+    take: a typo would otherwise surface as a ``TypeError`` when the stage starts its engine, possibly after SFT.
+    (The engine passes unknown keywords on to vLLM, so the recipe check at load cannot see them; vLLM is imported
+    here only when there are settings to check.)
+
+    >>> [problem] = vllm_settings_problems("vllm", {"gpu_memory_utilisation": 0.5}, {"gpu_memory_utilization"})
+    >>> problem.split(":")[0], problem.split(";")[1]
+    ('psr.generator.settings.gpu_memory_utilisation', " did you mean 'gpu_memory_utilization'?")
+    >>> vllm_settings_problems("vllm", {"dtype": "float32", "head_dtype": "model"}, {"dtype"})
+    []
+    >>> vllm_settings_problems("openrlhf_ray", {"anything": 1}, set())
+    []
+    """
+    import difflib
+    import inspect
+
+    if generator != "vllm" or not settings:
+        return []
+    from openrlhf_psr.engines.vllm_local import VLLMLocalEngine, create_llm
+
+    if engine_fields is None:
+        try:
+            import dataclasses
+
+            from vllm import LLM
+            from vllm.engine.arg_utils import EngineArgs
+        except ImportError:
+            return []  # no vLLM here: the stage that starts the engine says so
+        engine_fields = {f.name for f in dataclasses.fields(EngineArgs)} | set(inspect.signature(LLM).parameters)
+    known = engine_fields | set(inspect.signature(create_llm).parameters)
+    known |= set(inspect.signature(VLLMLocalEngine.from_config).parameters)
+    known -= {"self", "cls", "model", "kwargs", "settings", "llm_kwargs"}
+    problems = []
+    for key in settings:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            problems.append(f"psr.generator.settings.{key}: not a setting of the vllm engine or of vLLM's EngineArgs"
+                            + (f"; did you mean {close[0]!r}?" if close else ""))  # fmt: skip
+    return problems
 
 
 def _prompts(recipe, problems: list[str], notes: list[str]) -> None:

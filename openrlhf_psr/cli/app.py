@@ -168,3 +168,22 @@ def module_main(add_arguments: Callable, run: Callable, argv: list[str] | None, 
     add_arguments(parser)
     args = parse(parser, argv)
     return args if isinstance(args, int) else execute(run, args)
+
+
+def exit_without_teardown(code: int) -> None:
+    """End a stage process that ran vLLM with ``code``, skipping the interpreter's teardown.
+
+    Every output is written (atomically) and closed before this. Measured here: the search stage with the likelihood
+    judge finished and wrote its summary, then aborted while the interpreter tore down vLLM's threads ("terminate
+    called without an active exception", SIGABRT, exit -6), and the launcher rightly marked the stage failed. The
+    exit code is the stage's result, so it must say what the stage did, not how native threads died afterwards.
+    The ``atexit`` handlers still run (the grading pool stops its workers, vLLM shuts its engine core down).
+    """
+    import atexit
+    import os
+    import sys
+
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -225,4 +225,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from openrlhf_psr.cli.app import exit_without_teardown
+
+    exit_without_teardown(main())

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import time
 from pathlib import Path
 
@@ -115,6 +116,17 @@ def oracle_agreement(search: Path) -> dict:
     return counts
 
 
+def stage_seconds(run: Path) -> float | None:
+    """Seconds the run's stages took, from its manifest (started -> finished of every finished stage): the run's cost
+    however many times it was resumed (a resumed launch that skips done stages takes seconds of wall time)."""
+    try:
+        stages = json.loads((run / "manifest.json").read_text()).get("stages", {})
+    except (OSError, ValueError):
+        return None
+    spans = [s["finished"] - s["started"] for s in stages.values() if s.get("started") and s.get("finished")]
+    return sum(spans) if spans else None
+
+
 def _cell(cell: dict | None) -> str:
     from openrlhf_psr.eval.stats import format_interval
 
@@ -140,7 +152,12 @@ def compare(base: Path, arms: dict[str, Path], seconds: dict[str, float] | None 
     if m1 is None:
         raise UserError(f"{base}: expected M1's evaluation (sft/eval/eval.json); run the evidence recipe first")
     benchmarks = sorted(m1["accuracy_ci95"])
-    result: dict = {"base": str(base), "benchmarks": benchmarks, "seconds": seconds or {}, "arms": {}}
+    seconds = dict(seconds or {})
+    for run in (base, *arms.values()):
+        measured = stage_seconds(run)
+        if measured is not None:
+            seconds[run.name] = measured  # the stages' own time: right after a resume as well
+    result: dict = {"base": str(base), "benchmarks": benchmarks, "seconds": seconds, "arms": {}}
     result["M0"] = base_summary["models"].get("M0")
     result["M1"] = m1
     for arm, run in arms.items():
@@ -163,6 +180,8 @@ def _markdown(result: dict) -> str:
     md = ["# Evidence: does the loop improve the model?", ""]
     md += [f"M1 = `{result['base']}/sft/model`, shared by every arm. Accuracy in %, greedy, "
            "[Wilson 95% interval] (n).", ""]  # fmt: skip
+    if result.get("command"):
+        md += [f"Command: `{result['command']}`", ""]
     for b in benchmarks:
         depth = max((len(a["models"]) for a in arms.values()), default=1)
         header = ["arm", *(f"M{k}" for k in range(1, depth + 1)), "gain (points)", "intervals disjoint"]
@@ -207,8 +226,9 @@ def _markdown(result: dict) -> str:
         md += [_table(["arm", "iteration", "pairs", "oracle agrees", "oracle disagrees", "undecided",
                        "judge abstention", "search accuracy"], pair_rows), ""]  # fmt: skip
     if result["seconds"]:
-        md += ["## Wall time (s)", "", _table(["run", "seconds"], [[k, f"{v:.0f}"] for k, v in
-                                                                    result["seconds"].items()]), ""]  # fmt: skip
+        rows = [[k, f"{v:.0f}"] for k, v in result["seconds"].items()]
+        rows.append(["total", f"{sum(result['seconds'].values()):.0f}"])
+        md += ["## Wall time of the stages (s)", "", _table(["run", "seconds"], rows), ""]
     return "\n".join(md)
 
 
@@ -281,6 +301,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report-only", action="store_true", help="only rebuild the comparison from finished runs")
 
 
+def command_line(args: argparse.Namespace) -> str:
+    """The command that reruns this evidence run (from its parsed arguments, however it was started).
+
+    >>> ns = argparse.Namespace(recipe="r.yaml", arms="oracle,self", set=["a=b c"], runs_dir="runs", out="docs")
+    >>> print(command_line(ns))
+    openrlhf-psr evidence r.yaml --arms oracle,self --set 'a=b c' --runs-dir runs --out docs
+    """
+    words = ["openrlhf-psr", "evidence", args.recipe]
+    if args.arms != ",".join(ARMS):
+        words += ["--arms", args.arms]
+    for override in args.set:
+        words += ["--set", override]
+    words += ["--runs-dir", args.runs_dir] + (["--out", args.out] if args.out else [])
+    return shlex.join(words)
+
+
+def previous_run_facts(out: Path) -> tuple[dict[str, float], str | None]:
+    """Wall seconds and command of the evidence run whose report is in ``out`` (``--report-only`` keeps them)."""
+    try:
+        previous = json.loads((out / "evidence.json").read_text())
+    except (OSError, ValueError):
+        return {}, None
+    return dict(previous.get("seconds") or {}), previous.get("command")
+
+
 def run(args: argparse.Namespace) -> int:
     from openrlhf_psr.recipe import load_recipe
 
@@ -288,6 +333,7 @@ def run(args: argparse.Namespace) -> int:
     unknown = [a for a in arms if a not in ARMS]
     if unknown or not arms:
         raise UserError(f"--arms {args.arms!r}: expected a comma list of {', '.join(ARMS)}")
+    command = command_line(args)  # as typed, before the driver adds its own overrides
     args.set = [*args.set, *absent_judge_sets(args.recipe, args.set)]
     name = load_recipe(args.recipe, args.set).name
     overrides = [*args.set, "stages.iterations=0"]
@@ -304,8 +350,11 @@ def run(args: argparse.Namespace) -> int:
             roots[arm], seconds[f"{name}-{arm}"] = run_recipe(
                 args.recipe, [*args.set, *arm_overrides(arm, name, base / "sft" / "model")], args.runs_dir
             )
-    result = compare(base, roots, seconds)
     out = Path(args.out) if args.out else base.parent / f"{name}-evidence"
+    if args.report_only:
+        seconds, command = previous_run_facts(out)
+    result = compare(base, roots, seconds)
+    result["command"] = command
     print(write(result, out).read_text())
     return 0
 

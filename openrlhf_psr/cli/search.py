@@ -146,4 +146,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from openrlhf_psr.cli.app import exit_without_teardown
+
+    exit_without_teardown(main())

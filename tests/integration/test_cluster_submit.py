@@ -69,12 +69,30 @@ def ray_head(tmp_path_factory):
             time.sleep(3)
         yield {"address": f"http://127.0.0.1:{dashboard}", "gcs": f"127.0.0.1:{gcs}", "env": env, "temp_dir": temp_dir}
     finally:
+        _stop_jobs(f"http://127.0.0.1:{dashboard}")
         os.killpg(head.pid, signal.SIGTERM)  # the head and every process it started (its own session)
         try:
             head.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _stop_jobs(address: str) -> None:
+    """Stop every job still running on the head first: a job's driver is not in the head's process group and would
+    outlive it (a failed test must not leave a vLLM engine running under the rest of the suite)."""
+    try:
+        from ray.job_submission import JobStatus, JobSubmissionClient
+
+        client = JobSubmissionClient(address)
+        for job in client.list_jobs():
+            if job.submission_id and job.status in (JobStatus.PENDING, JobStatus.RUNNING):
+                client.stop_job(job.submission_id)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and any(not j.status.is_terminal() for j in client.list_jobs()):
+            time.sleep(2)
+    except Exception as exc:  # the head may already be gone; the process-group kill below still runs
+        print(f"ray_head teardown: could not stop jobs: {exc}")
 
 
 def _overrides(shared_data: Path) -> dict:

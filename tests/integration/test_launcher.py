@@ -221,3 +221,19 @@ def test_dry_run_of_the_7b_recipe_uses_only_flags_the_pinned_upstream_accepts(sh
     assert _flags(sft[0]) <= sft_flags, _flags(sft[0]) - sft_flags
     for c in dpo:
         assert _flags(c) <= dpo_flags, _flags(c) - dpo_flags
+
+
+def test_a_misspelt_vllm_engine_setting_is_refused_before_any_stage_runs(tmp_path):
+    """The engine passes unknown settings on to vLLM, so only the installed vLLM can say a key is wrong: the dry run
+    names it (with the right spelling) instead of a TypeError when the first engine starts, possibly after SFT."""
+    base = [sys.executable, "-m", "openrlhf_psr.cli.main", "run", str(REPO / "recipes" / "tiny_cpu.yaml"),
+            "--runs-dir", str(tmp_path), "--dry-run"]  # fmt: skip
+    bad = subprocess.run([*base, "--set", "psr.generator.settings={gpu_memory_utilisation: 0.5, enforce_eager: true}"],
+                         capture_output=True, text=True, timeout=300, cwd=REPO)  # fmt: skip
+    assert bad.returncode != 0
+    assert ("psr.generator.settings.gpu_memory_utilisation: not a setting of the vllm engine or of vLLM's EngineArgs; "
+            "did you mean 'gpu_memory_utilization'?") in bad.stdout + bad.stderr  # fmt: skip
+    assert "enforce_eager" not in bad.stdout + bad.stderr  # real vLLM and engine settings pass
+    good = subprocess.run([*base, "--set", "psr.generator.settings={head_dtype: model, gpu_memory_utilization: 0.5}"],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)  # fmt: skip
+    assert good.returncode == 0, good.stdout + good.stderr

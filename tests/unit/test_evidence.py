@@ -82,6 +82,32 @@ def test_gains_over_the_shared_m1_with_disjoint_intervals(tmp_path):
     assert json.loads((tmp_path / "out" / "evidence.json").read_text())["arms"]["self"]["final"] == "M3"
 
 
+def test_report_only_keeps_the_wall_times_and_command_of_the_run(tmp_path, monkeypatch, capsys):
+    base, arms = _runs(tmp_path)
+    result = evidence.compare(base, arms, {"ev": 10.0, "ev-oracle": 20.0})
+    result["command"] = "openrlhf-psr evidence recipes/evidence_cpu.yaml --out docs"
+    evidence.write(result, tmp_path / "out")
+    monkeypatch.setattr("openrlhf_psr.recipe.load_recipe", lambda *a, **k: type("R", (), {"name": "ev"})())
+    monkeypatch.setattr(evidence, "absent_judge_sets", lambda *a: [])
+    args = evidence.argparse.Namespace(recipe="r.yaml", arms=",".join(arms), set=[], runs_dir=str(tmp_path),
+                                       out=str(tmp_path / "out"), report_only=True)  # fmt: skip
+    assert evidence.run(args) == 0
+    again = json.loads((tmp_path / "out" / "evidence.json").read_text())
+    assert again["seconds"] == {"ev": 10.0, "ev-oracle": 20.0}
+    assert "Command: `openrlhf-psr evidence recipes/evidence_cpu.yaml --out docs`" in capsys.readouterr().out
+
+
+def test_wall_time_comes_from_the_manifests_so_a_resumed_evidence_run_keeps_each_runs_cost(tmp_path):
+    base, arms = _runs(tmp_path)
+    stages = {"iter_1/search": {"state": "done", "started": 100.0, "finished": 160.0},
+              "iter_1/dpo": {"state": "done", "started": 160.0, "finished": 190.5},
+              "iter_2/search": {"state": "failed", "started": 190.5}}  # fmt: skip
+    (arms["oracle"] / "manifest.json").write_text(json.dumps({"stages": stages}))
+    result = evidence.compare(base, arms, {"ev-oracle": 2.0, "ev": 10.0})  # 2 s: a launch that skipped every stage
+    assert result["seconds"] == {"ev-oracle": 90.5, "ev": 10.0}
+    assert "| total | 100 |" in evidence._markdown(result)
+
+
 def test_a_missing_m1_evaluation_is_a_clear_error(tmp_path):
     base, arms = _runs(tmp_path)
     (base / "sft" / "eval" / "eval.json").unlink()
@@ -113,3 +139,9 @@ def test_an_absent_judge_set_file_is_left_out_and_said(capsys):
     assert evidence.absent_judge_sets(recipe, [given]) == ['data.eval.judge_sets=["builtin:arith?n=3"]']
     assert "/nowhere/pairs.parquet is absent" in capsys.readouterr().out
     assert evidence.absent_judge_sets(recipe, ['data.eval.judge_sets=["builtin:arith?n=3"]']) == []
+
+
+def test_doctests():
+    import doctest
+
+    assert doctest.testmod(evidence).failed == 0
