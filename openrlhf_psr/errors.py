@@ -42,6 +42,15 @@ class MissingField(DataError, KeyError):
     """
 
 
+class StageFailed(RuntimeError):
+    """A launcher stage (its own process) exited non-zero or left no output. Not a bug of the command that ran it:
+    the CLI prints the stage, its exit status, its log's path and last lines, without a traceback, and exits 1."""
+
+    def __init__(self, stage: str, code: int | None, log: str, tail: str):
+        super().__init__(f"stage {stage} failed (exit {code}); last lines of {log}:\n{tail}")
+        self.stage, self.code, self.log, self.tail = stage, code, log, tail
+
+
 def one_line(text: str, limit: int = 300) -> str:
     """A fragment of untrusted text fit for a one-line message: newlines escaped, long text cut.
 

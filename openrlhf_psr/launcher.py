@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from openrlhf_psr.errors import StageFailed
 from openrlhf_psr.layout import EVAL_FILE, RunLayout
 from openrlhf_psr.recipe import Recipe, absolute_paths, base_dir
 
@@ -163,9 +164,12 @@ class RecipeRun:
 
         r, ev = self.recipe, self.recipe.data.eval
         generator = PluginSpec(name=r.psr.generator.name, settings=engine_settings(r, "eval"))
-        config = EvaluateConfig(**{key: getattr(ev, key) for key in EvalSettings.model_fields}, model=self.model(t),
-                                out=str(out), seed=r.seed, chat_template=r.psr.chat_template,
-                                max_model_len=r.psr.generator.max_model_len, generator=generator)  # fmt: skip
+        settings = {key: getattr(ev, key) for key in EvalSettings.model_fields}
+        if t == 0 and not ev.judges_before_training:
+            settings["judge_sets"] = []
+        config = EvaluateConfig(**settings, model=self.model(t), out=str(out), seed=r.seed,
+                                chat_template=r.psr.chat_template, max_model_len=r.psr.generator.max_model_len,
+                                generator=generator)  # fmt: skip
         name = f"eval_m{t}" if t <= 1 else f"iter_{t - 1}/eval"
         return self._configured(name, "openrlhf_psr.cli.evaluate", config, out / EVAL_FILE, feeds_later=False)
 
@@ -179,7 +183,8 @@ class RecipeRun:
         r, run = self.recipe, self.layout
         stages: list[Stage] = []
         has_eval = bool(r.data.eval.benchmarks or r.data.eval.judge_sets)
-        if has_eval and r.data.eval.before_training:
+        m0_eval = bool(r.data.eval.benchmarks or (r.data.eval.judge_sets and r.data.eval.judges_before_training))
+        if m0_eval and r.data.eval.before_training:
             stages.append(self._eval(0, run.eval(0)))
         if r.stages.sft.enabled:
             sft = r.stages.sft
@@ -415,7 +420,7 @@ class RecipeRun:
                 record.update(state="failed", exit_code=code)
                 self.save_manifest(manifest)
                 tail = stage.log.read_text()[-3000:]
-                raise RuntimeError(f"stage {stage.name} failed (exit {code}); last lines of {stage.log}:\n{tail}")
+                raise StageFailed(stage.name, code, str(stage.log), tail)
             record.update(state="done", finished=time.time(), seconds=time.perf_counter() - start)
             self.save_manifest(manifest)
             progress(f"[{k}/{len(stages)}] {stage.name}: done in {time.perf_counter() - start:.0f}s")

@@ -354,6 +354,7 @@ def plan_cached_reference(
     if hw.gpus == 0:  # CPU: one process whose "device" memory is host RAM
         cpu = plan_cached_reference(stage, applies_to, shape, Hardware(hw.nodes, 1, hw.host_memory_gb, 1e9), s)
         cpu.host, cpu.gpu, cpu.gpu_limit_gb = cpu.gpu + cpu.host, [], 0.0
+        cpu.host_limit_gb = hw.host_memory_gb  # the inner call's host limit was a placeholder
         cpu.refusals = (
             []
             if cpu.host_gb <= hw.host_memory_gb

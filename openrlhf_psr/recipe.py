@@ -179,6 +179,10 @@ class EvalSettings(_Section):
     judges: list[str] = Field(default_factory=lambda: ["generative", "logit"], description="judges to score")
     max_tokens: int = Field(1024, gt=0, description="generation cap per solution")
     judge_max_tokens: int = Field(256, gt=0, description="generative judge explanation cap in evaluation")
+    judge_reason_tokens: int = Field(
+        0, ge=0, description="logit judge in evaluation: explanation tokens it writes before its verdict is read "
+        "(0: read right after the prompt; see judges/logit.py)"
+    )  # fmt: skip
     prompt: Literal["step", "qwen_cot"] = Field("step", description="the paper's step prompt or Qwen's CoT prompt")
     fewshot: int = Field(0, ge=0, description="worked examples prepended to each problem (base models)")
     tts: TTSSpec = Field(default_factory=TTSSpec, description="test-time scaling (off: no benchmarks)")
@@ -194,6 +198,10 @@ class EvalSettings(_Section):
 
 class EvalSpec(EvalSettings):
     before_training: bool = Field(True, description="also evaluate M0 before any training")
+    judges_before_training: bool = Field(
+        True, description="M0's evaluation also scores the judges (off: benchmarks only; M0 was never taught to "
+        "judge, and a judge that writes its check first spends its tokens on text that cannot be a check)"
+    )  # fmt: skip
 
 
 class DataSpec(_Section):

@@ -2,9 +2,11 @@
 
 A command is a module with ``add_arguments(parser)`` and ``run(args) -> int``. :func:`execute` runs it: a
 :class:`~openrlhf_psr.errors.UserError` (bad recipe, data file, manifest, flag, ...), an unknown plugin, or a missing
-file is printed as ``openrlhf-psr: error: <message>`` lines (one per problem) and the exit status is 2; anything
-else is a bug and keeps its traceback. ``--debug`` shows the traceback of user errors too. The same handler serves
-``openrlhf-psr <command>`` and ``python -m openrlhf_psr.cli.<command>`` (:func:`module_main`).
+file is printed as ``openrlhf-psr: error: <message>`` lines (one per problem) and the exit status is 2; a launcher
+stage that failed (:class:`~openrlhf_psr.errors.StageFailed`) as its name, exit status, log path and last lines,
+exit status 1 (its traceback is in its log); anything else is a bug and keeps its traceback. ``--debug`` shows
+the traceback of user errors too. The same handler serves ``openrlhf-psr <command>`` and
+``python -m openrlhf_psr.cli.<command>`` (:func:`module_main`).
 
 Booleans are explicit: ``--chat-template on`` / ``--chat-template off``; any other value is an error. This module
 imports nothing heavy, so bad input is answered before torch, vLLM or Ray load.
@@ -17,10 +19,11 @@ import json
 import sys
 from collections.abc import Callable
 
-from openrlhf_psr.errors import UserError, one_line
+from openrlhf_psr.errors import StageFailed, UserError, one_line
 
 PROG = "openrlhf-psr"
 EXIT_USER_ERROR = 2
+EXIT_STAGE_FAILED = 1
 
 
 class UsageError(UserError):
@@ -143,6 +146,12 @@ def execute(func: Callable[[argparse.Namespace], int | None], args: argparse.Nam
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except StageFailed as exc:  # the stage's own log holds its traceback; ours would only show the launcher
+        if debug:
+            raise
+        print(f"{PROG}: error: stage {exc.stage} failed (exit {exc.code}); its log: {exc.log}", file=sys.stderr)
+        print("\n".join(f"    {line}" for line in exc.tail.rstrip().splitlines()[-25:]), file=sys.stderr)
+        return EXIT_STAGE_FAILED
     except Exception as exc:
         lines = _user_error_lines(exc)
         if lines is None or debug:

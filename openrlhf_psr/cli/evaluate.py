@@ -63,12 +63,14 @@ def load_judge_pairs(spec: str, seed: int):
 
 def _judge_settings(name: str, config: EvaluateConfig) -> dict:
     """Settings of a built-in judge: the prompt format of the model under evaluation (``--chat-template``, the
-    recipe's) and the explanation cap; judges from plugins get none."""
+    recipe's) and the explanation caps (generative; logit with ``judge_reason_tokens``); plugins' judges get none."""
     if name not in ("generative", "logit", "outcome"):
         return {}
     settings: dict = {"chat_template": config.chat_template}
     if name == "generative":
         settings["max_tokens"] = config.judge_max_tokens
+    if name == "logit" and config.judge_reason_tokens:
+        settings["reason_tokens"] = config.judge_reason_tokens
     return settings
 
 

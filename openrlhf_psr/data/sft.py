@@ -68,6 +68,42 @@ def eft_records(pair: JudgedStepPair) -> list[dict]:
     return out
 
 
+_EQUATION = re.compile(r"\d+(?:\s*[-+*/]\s*\d+)+\s*=\s*\d+")
+_LAST_NUMBER = re.compile(r"(\d+)\D*$")
+
+
+def checking_rationale(better: str, worse: str, better_is_a: bool) -> str:
+    """A built-in EFT answer that checks before it decides: the better step's last equation recomputed, then each
+    assistant's result (its step's last number) marked right or wrong against that check, then the verdict. Each
+    decision sits next to what decides it (a number against the check just written; the letter marked right), so a
+    small model can learn it with the arithmetic IFT teaches; the paper's EFT rationales (PRM800K) explain in prose.
+
+    >>> print(checking_rationale("Step 2: So 3 + 4 = 7 apples.", "Step 2: So 3 + 4 = 8 apples.", better_is_a=False))
+    Check: 3 + 4 = 7. Assistant A's result is 8: wrong. Assistant B's result is 7: right. Assistant B's step is the \
+better next step. [[B]]
+    """
+    equations = _EQUATION.findall(better.split(":", 1)[-1])
+    correct, wrong = _LAST_NUMBER.search(better).group(1), _LAST_NUMBER.search(worse).group(1)
+    check = f"Check: {equations[-1]}. " if equations else f"Check: the result is {correct}. "
+    a, b = (f"{correct}: right", f"{wrong}: wrong") if better_is_a else (f"{wrong}: wrong", f"{correct}: right")
+    letter = "A" if better_is_a else "B"
+    return (
+        f"{check}Assistant A's result is {a}. Assistant B's result is {b}. Assistant {letter}'s step is the "
+        f"better next step. [[{letter}]]"
+    )
+
+
+def builtin_eft_records(pair: JudgedStepPair) -> list[dict]:
+    """Both orders of one built-in judged pair, each answered with :func:`checking_rationale`."""
+    out = []
+    for better_is_a in (True, False):
+        a, b = (pair.better, pair.worse) if better_is_a else (pair.worse, pair.better)
+        prompt = render_judge_prompt(pair.question, list(pair.previous_steps), a, b)
+        output = checking_rationale(pair.better, pair.worse, better_is_a)
+        out.append({"input": prompt, "output": output, "kind": "eft"})
+    return out
+
+
 def corrupt_step(step: str, rng: random.Random) -> str | None:
     """Change the last number of a step (its result) to a wrong one; None if it has no number besides its marker."""
     marker = re.match(r"\s*Step\s+\d+\s*:", step)
@@ -114,7 +150,7 @@ def builtin_sft(n_ift: int = 64, n_eft: int = 64, seed: int = 0, difficulty=None
     d = difficulty or DEFAULT
     records = [ift_record(p.question, p.steps) for p in (make_problem(seed, i, difficulty=d) for i in range(n_ift))]
     for p, k, wrong in builtin_corrupted_steps(n_eft, seed + 7919, d):  # another seed: problems unlike the IFT ones
-        records += eft_records(builtin_judged_pair(p, k, wrong))
+        records += builtin_eft_records(builtin_judged_pair(p, k, wrong))
     return records
 
 

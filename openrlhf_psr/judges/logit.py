@@ -9,6 +9,12 @@ returned so the tournament can average probabilities over both orders.
 
 Candidate text is placed with ``judges.guard.guarded_prompt_ids``, like the generative judge's: a step cannot close
 the user turn and start the judge's answer with its own ``[[``.
+
+``reason_tokens`` > 0 lets the judge explain first, as the paper's judge prompt asks: its greedy explanation (at
+most that many tokens, cut at its first ``[[``) is generated on the engine, and P("A")/P("B") are read after the
+explanation + ``[[``. The verdict is still read by this judge at a position it places, not parsed from text, so
+it never abstains for want of a marker; a model trained to check before it decides (the built-in task's EFT)
+judges from its own check.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from openrlhf_psr.engines.base import SampleRequest
 from openrlhf_psr.judges.base import Comparison, JudgeContext, Judgment, PairwiseJudge
 from openrlhf_psr.judges.guard import guarded_prompt_ids
 from openrlhf_psr.records import Verdict
@@ -82,6 +89,8 @@ class LogitJudge(PairwiseJudge):
         backend: ``auto`` (engine if it can, else transformers), ``engine`` or ``transformers``.
         dtype: dtype of the transformers body; its verdict head is always computed in fp32.
         batch_size: comparisons per transformers forward.
+        reason_tokens: 0 reads the verdict right after the prompt; N > 0 first lets the judge write an explanation
+            of at most N tokens on the engine (greedy, cut at its first ``[[``) and reads the verdict after it.
     """
 
     name = "logit"
@@ -96,7 +105,12 @@ class LogitJudge(PairwiseJudge):
         dtype: str = "bfloat16",
         batch_size: int = 8,
         chat_template=True,
+        reason_tokens: int = 0,
     ):
+        if reason_tokens < 0:
+            raise ValueError(f"logit judge: reason_tokens {reason_tokens}; expected 0 (no explanation) or more")
+        if reason_tokens and (engine is None or backend == "transformers"):
+            raise ValueError("logit judge: reason_tokens needs the generation engine, which writes the explanation")
         if backend not in ("auto", "engine", "transformers"):
             raise ValueError(f"logit judge: backend {backend!r}; expected auto, engine or transformers")
         if backend == "engine" and engine is None:
@@ -109,6 +123,8 @@ class LogitJudge(PairwiseJudge):
         self.dtype = dtype
         self.batch_size = batch_size
         self.chat_template = chat_template
+        self.reason_tokens = reason_tokens
+        self.writer = engine  # writes the explanation; stays when reading falls back to transformers
         self.model = self.head = None
         if self.engine is None or not isinstance(model, str | type(None)):
             self._load_transformers(tokenizer)
@@ -150,33 +166,61 @@ class LogitJudge(PairwiseJudge):
         ids = guarded_prompt_ids(self.tokenizer, comparison.prompt(), chat_template=self.chat_template)
         return ids + self.opening_ids
 
+    def reasoned_prompt_ids(self, comparisons: Sequence[Comparison]) -> list[list[int]]:
+        """Each guarded judge prompt + the judge's own explanation (one batched greedy ``generate``, stopped at the
+        verdict opening) + the opening ``[[``: where the verdict is read when ``reason_tokens`` > 0."""
+        prompts = [
+            guarded_prompt_ids(self.tokenizer, c.prompt(), chat_template=self.chat_template) for c in comparisons
+        ]
+        requests = [
+            SampleRequest(
+                tuple(ids),
+                n=1,
+                temperature=0.0,
+                max_tokens=self.reason_tokens,
+                stop=(VERDICT_OPENING,),
+                affinity=c.question,
+            )  # fmt: skip
+            for ids, c in zip(prompts, comparisons, strict=True)
+        ]
+        outputs = self.writer.generate(requests)
+        return [
+            # the text up to the first opening (vLLM leaves the stop string out; a cut explanation is read as it is),
+            # encoded with the opening so the tokens match how the verdict follows an explanation in training
+            ids
+            + self.tokenizer.encode(out[0].text.split(VERDICT_OPENING)[0] + VERDICT_OPENING, add_special_tokens=False)
+            for ids, out in zip(prompts, outputs, strict=True)
+        ]
+
     def probabilities(self, comparisons: Sequence[Comparison]) -> list[float]:
         """P(A is better) for each comparison (NaN where the engine gave no finite log-probs)."""
         if not comparisons:
             return []
+        prompts = (
+            self.reasoned_prompt_ids(comparisons) if self.reason_tokens else [self.prompt_ids(c) for c in comparisons]
+        )
         if self.engine is not None and self.model is None:
             try:
-                return self._engine_probabilities(comparisons)
+                return self._engine_probabilities(prompts, comparisons)
             except NotImplementedError:
                 if self.backend == "engine":
                     raise
                 self.engine = None  # this engine cannot: read the verdict with a transformers forward from now on
                 self._load_transformers(self.tokenizer)
-        return self._transformers_probabilities(comparisons)
+        return self._transformers_probabilities(prompts)
 
-    def _engine_probabilities(self, comparisons: Sequence[Comparison]) -> list[float]:
-        prompts = [self.prompt_ids(c) for c in comparisons]
+    def _engine_probabilities(self, prompts: list[list[int]], comparisons: Sequence[Comparison]) -> list[float]:
         affinity = [c.question for c in comparisons]  # a problem's comparisons share one engine's prefix cache
         rows = self.engine.next_token_logprobs(prompts, list(self.verdict_ids), affinity=affinity)
         return [p_a_from_logprobs(a, b) for a, b in rows]
 
-    def _transformers_probabilities(self, comparisons: Sequence[Comparison]) -> list[float]:
+    def _transformers_probabilities(self, prompts: list[list[int]]) -> list[float]:
         import torch
 
         out: list[float] = []
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        for start in range(0, len(comparisons), self.batch_size):
-            batch = [self.prompt_ids(c) for c in comparisons[start : start + self.batch_size]]
+        for start in range(0, len(prompts), self.batch_size):
+            batch = prompts[start : start + self.batch_size]
             width = max(map(len, batch))
             input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in batch])
             mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch])

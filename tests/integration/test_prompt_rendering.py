@@ -43,6 +43,25 @@ class RecordingEngine(Engine):
         return out
 
 
+class ExplainingEngine(RecordingEngine):
+    """Writes ``answer`` as vLLM returns it under the stop string ``[[`` (the text before it) and records the prompts
+    whose next-token log-probs it is asked for."""
+
+    def __init__(self, tokenizer, answer: str):
+        super().__init__(tokenizer)
+        self.answer, self.scored = answer, []
+
+    def generate(self, requests):
+        text = self.answer.split("[[")[0]
+        return [[Sample(text, tuple(self.tokenizer.encode(text, add_special_tokens=False)), "stop", "[[")]] * len(
+            requests
+        )
+
+    def next_token_logprobs(self, prompts, token_ids, *, affinity=()):
+        self.scored += [list(p) for p in prompts]
+        return [[-1.0, -1.0] for _ in prompts]
+
+
 def _upstream_sft_dataset(command: list[str], tokenizer):
     """Upstream ``SFTDataset`` built exactly as ``openrlhf.cli.train_sft`` builds it from this command line."""
     from datasets import Dataset
@@ -75,6 +94,7 @@ def test_sft_trains_exactly_the_prompt_ids_that_search_judges_and_evaluation_sen
     from openrlhf_psr.data.problems import Problem
     from openrlhf_psr.eval.generate import greedy_solutions
     from openrlhf_psr.judges.generative import GenerativeJudge
+    from openrlhf_psr.judges.logit import LogitJudge
     from openrlhf_psr.launcher import RecipeRun
     from openrlhf_psr.recipe import load_recipe
 
@@ -113,6 +133,13 @@ def test_sft_trains_exactly_the_prompt_ids_that_search_judges_and_evaluation_sen
             comparison = SimpleNamespace(prompt=lambda row=row: row["input"], step_a="a", step_b="b")
             GenerativeJudge(judge_engine, chat_template=search_chat).judge([comparison])
             assert trained_prompt == judge_engine.prompts[0], row["input"]
+            # the logit judge that writes its check first reads the verdict exactly where SFT trained the letter
+            explaining = ExplainingEngine(tokenizer, row["output"])
+            judge = LogitJudge(engine=explaining, chat_template=search_chat, reason_tokens=96)
+            judge.judge([SimpleNamespace(prompt=comparison.prompt, question="q")])
+            (read_at,) = explaining.scored
+            assert ids[: len(read_at)] == read_at and ids[len(read_at)] in judge.verdict_ids, row["output"]
+            assert tokenizer.decode([ids[len(read_at)]]) == row["output"][-3]
         if not chat_template:
             assert tokenizer.decode(trained_prompt).endswith("\n")  # raw: the answer starts at a line start
 

@@ -126,3 +126,53 @@ def test_evaluation_builds_its_engine_through_the_recipes_generator_plugin(monke
         build_engine(config)
         assert built[-1] == (config.model, {"seed": config.seed, "max_model_len": 4096, "num_engines": engines,
                                             "tensor_parallel_size": tp})  # fmt: skip
+
+
+class ExplainsThenScores(ScriptedLogprobs):
+    """Writes a fixed explanation (as vLLM would with stop=["[["]: the stop string left out) and scores the verdict
+    from whether the explanation is in the prompt it is asked about."""
+
+    def __init__(self):
+        super().__init__({})
+        self.requests = []
+
+    def generate(self, requests):
+        from openrlhf_psr.engines.base import Sample
+
+        self.requests += list(requests)
+        return [[Sample("Check: 3 + 4 = 7. A is right. ", (), "stop", "[[")] for _ in requests]
+
+    def next_token_logprobs(self, prompts, token_ids, *, affinity=()):
+        self.calls.append(([list(p) for p in prompts], list(token_ids), list(affinity)))
+        said = [self.tokenizer.decode(p).endswith("Check: 3 + 4 = 7. A is right. [[") for p in prompts]
+        return [[math.log(0.9), math.log(0.1)] if s else [math.log(0.5), math.log(0.5)] for s in said]
+
+
+def test_logit_judge_with_reason_tokens_reads_the_verdict_after_its_own_explanation():
+    engine = ExplainsThenScores()
+    judge = LogitJudge(engine=engine, chat_template=False, reason_tokens=48)
+    (verdict,) = [j.verdict for j in judge.judge([_comparison("Step 1: 3 + 4 = 7", "Step 1: 3 + 4 = 8")])]
+    assert verdict.winner == "A" and verdict.p_a == pytest.approx(0.9)
+    (request,) = engine.requests
+    assert request.max_tokens == 48 and request.temperature == 0.0 and request.stop == ("[[",)
+    assert request.affinity == "q1" and list(request.prompt_token_ids) == judge.prompt_ids(
+        _comparison("Step 1: 3 + 4 = 7", "Step 1: 3 + 4 = 8"))[:-2]  # the prompt without the opening  # fmt: skip
+    # without reason_tokens nothing is generated and the verdict is read right after the prompt
+    plain = LogitJudge(engine=ScriptedLogprobs({"Step 1: 3": (0.0, 0.0)}), chat_template=False)
+    assert plain.judge([_comparison("Step 1: 3 + 4 = 7", "Step 1: 3 + 4 = 8")])[0].verdict.winner is None
+    with pytest.raises(ValueError, match="reason_tokens needs the generation engine"):
+        LogitJudge("default", engine=engine, backend="transformers", reason_tokens=8)
+
+
+def test_the_recipes_judge_reason_tokens_reach_the_evaluation_logit_judge(tmp_path):
+    from openrlhf_psr.cli.evaluate import _judge_settings
+    from openrlhf_psr.launcher import RecipeRun
+    from openrlhf_psr.recipe import EvaluateConfig, load_recipe
+
+    recipe = load_recipe(RECIPES / "tiny_cpu.yaml", ["data.eval.judge_reason_tokens=96"])
+    stages = {s.name: s for s in RecipeRun(recipe, runs_dir=tmp_path).plan()}
+    config = EvaluateConfig(**stages["eval_m1"].config)
+    assert _judge_settings("logit", config)["reason_tokens"] == 96
+    assert "reason_tokens" not in _judge_settings("generative", config)
+    plain = EvaluateConfig(**{**stages["eval_m1"].config, "judge_reason_tokens": 0})
+    assert "reason_tokens" not in _judge_settings("logit", plain)

@@ -100,3 +100,29 @@ def test_step_pairs_from_a_search_directory_keep_ids_exactly(tmp_path):
     assert ids == [5, 6, 7, 8, 9, 10] and segments == [1, 1, 1, 2, 2, 3] and positions == [0, 1, 2, 3, 4, 3]
     with pytest.raises(FileNotFoundError, match="does not exist"):
         list(load_step_pairs(tmp_path / "nope"))
+
+
+def test_builtin_eft_checks_the_arithmetic_before_its_verdict():
+    import operator
+    import re
+
+    ops = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.floordiv}
+    records = [r for r in sft.builtin_sft(n_ift=0, n_eft=40) if r["kind"] == "eft"]
+    assert len(records) == 80
+    for r in records:
+        shown = {
+            k: r["input"].split(f"[The Start of Assistant {k}'s Next Reasoning Step]\n")[1].split("\n[The End")[0]
+            for k in "AB"
+        }
+        out = r["output"]
+        verdict = out[-3]
+        m = re.match(r"Check: (\d+) ([-+*/]) (\d+) = (\d+)\. ", out)
+        assert m, out
+        assert ops[m[2]](int(m[1]), int(m[3])) == int(m[4])  # the check itself is right
+        marked = re.findall(r"Assistant ([AB])'s result is (\d+): (right|wrong)", out)
+        results = {k: (v, mark) for k, v, mark in marked}
+        # each stated result is the last number of the step shown under that letter, marked against the check
+        assert all(re.findall(r"\d+", shown[k])[-1] == results[k][0] for k in "AB"), (shown, out)
+        assert all((results[k][0] == m[4]) == (results[k][1] == "right") for k in "AB"), out
+        assert results[verdict][1] == "right" and results["A" if verdict == "B" else "B"][1] == "wrong"
+    assert sorted(r["output"][-5:] for r in records).count("[[A]]") == 40  # balanced positions

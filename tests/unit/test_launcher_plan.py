@@ -86,3 +86,17 @@ def test_cluster_scripts_are_valid_bash():
     for script in scripts:
         proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
         assert proc.returncode == 0, f"{script}: {proc.stderr}"
+
+
+def test_m0_can_be_evaluated_on_benchmarks_alone(tmp_path):
+    def eval_stages(*overrides):
+        run = RecipeRun(load_recipe(RECIPES / "tiny_cpu.yaml", list(overrides)), runs_dir=tmp_path)
+        return {s.name: s.config for s in run.plan() if s.name.startswith("eval_m") or s.name.endswith("/eval")}
+
+    judged = eval_stages("data.eval.judges_before_training=on")
+    assert all(c["judge_sets"] for c in judged.values())
+    plain = eval_stages("data.eval.judges_before_training=off")
+    assert plain["eval_m0"]["judge_sets"] == [] and plain["eval_m0"]["benchmarks"] == judged["eval_m0"]["benchmarks"]
+    assert plain["eval_m1"]["judge_sets"] == plain["iter_1/eval"]["judge_sets"] == judged["eval_m1"]["judge_sets"]
+    # with no benchmarks and no M0 judging there is nothing to evaluate before training
+    assert "eval_m0" not in eval_stages("data.eval.judges_before_training=off", "data.eval.benchmarks=[]")

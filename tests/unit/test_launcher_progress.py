@@ -67,3 +67,27 @@ def test_last_progress_line_skips_the_command_header_and_reads_only_after_the_of
 
 def test_doctests():
     assert doctest.testmod(launcher).failed == 0
+
+
+class FailingRun(RecipeRun):
+    def plan(self) -> list[Stage]:
+        out = self.root / "search"
+        code = "import sys; print('stage says: bad judge output'); sys.exit(3)"
+        return [Stage("search", [self.python, "-c", code], out / "done.txt", log=self.root / "logs" / "search.log")]
+
+
+def test_a_failed_stage_is_reported_as_its_name_exit_log_and_last_lines_not_a_traceback(tmp_path, capsys):
+    import argparse
+
+    from openrlhf_psr.cli.app import EXIT_STAGE_FAILED, execute
+
+    run = FailingRun(load_recipe(RECIPES / "tiny_cpu.yaml"), runs_dir=tmp_path / "runs")
+    code = execute(lambda args: run.run(progress=lambda line: None), argparse.Namespace())
+    err = capsys.readouterr().err
+    assert code == EXIT_STAGE_FAILED == 1
+    assert "Traceback" not in err
+    assert "openrlhf-psr: error: stage search failed (exit 3); its log: " in err
+    assert str(tmp_path / "runs" / "tiny_cpu" / "logs" / "search.log") in err
+    assert "    stage says: bad judge output" in err  # the stage's own last lines, indented
+    with pytest.raises(RuntimeError, match="stage search failed"):  # --debug keeps the traceback
+        execute(lambda args: run.run(progress=lambda line: None), argparse.Namespace(debug=True))

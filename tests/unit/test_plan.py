@@ -185,3 +185,13 @@ def test_cli_exit_codes(capsys):
     assert plan_cli.main(["nope.yaml"]) == 2  # the same one-line error handler as every command (cli.app)
     err = capsys.readouterr().err
     assert "openrlhf-psr: error:" in err and "nope.yaml does not exist" in err and "Traceback" not in err
+
+
+def test_cpu_stages_show_the_recipes_host_limit_not_a_placeholder():
+    from openrlhf_psr.plan import hardware
+
+    recipe = load_recipe(RECIPES / "tiny_cpu.yaml")
+    plans = plan_recipe(recipe)
+    assert {p.host_limit_gb for p in plans} == {hardware(recipe).host_memory_gb}, [
+        (p.stage, p.host_limit_gb) for p in plans
+    ]

@@ -63,9 +63,8 @@ def test_validation_is_fast_because_it_imports_no_heavy_stack(tmp_path):
 
 
 def test_overrides_use_dotted_paths_with_yaml_values(tmp_path):
-    recipe = load_recipe(
-        RECIPES / "tiny_cpu.yaml", ["psr.judge.name=generative", "psr.search.width=3", "stages.iterations=0"]
-    )
+    swap = ["psr.judge.name=generative", "psr.judge.settings={}"]  # the logit judge's settings are not its
+    recipe = load_recipe(RECIPES / "tiny_cpu.yaml", [*swap, "psr.search.width=3", "stages.iterations=0"])
     assert recipe.psr.judge.name == "generative" and recipe.psr.search.width == 3 and recipe.stages.iterations == 0
     assert apply_override({}, "a.b=[1, 2]") == {"a": {"b": [1, 2]}}
     with pytest.raises(RecipeError, match="KEY.PATH=VALUE"):

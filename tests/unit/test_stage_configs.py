@@ -100,6 +100,7 @@ def test_every_search_judge_generator_and_eval_field_reaches_the_stage_that_uses
     values = _all_non_defaults()
     values["data.eval.data_root"] = str(tmp_path)
     overrides = [f"{key}={json.dumps(value)}" for key, value in values.items()]
+    overrides.append("data.eval.judges_before_training=true")  # tiny_cpu judges from M1 on; here M0 too
     recipe = load_recipe(RECIPES / "tiny_cpu.yaml", overrides)
     for key, value in values.items():  # the overrides took (the recipe's own values are not the defaults)
         node = recipe
@@ -240,8 +241,9 @@ def test_the_search_stage_runs_with_the_settings_of_its_config(tmp_path, monkeyp
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.syspath_prepend(str(Path(__file__).parent))
     overrides = ["psr.generator.name=config_plugins:Scripted", "psr.judge.name=config_plugins:RankJudge",
-                 "psr.chat_template=false", "psr.search.judge_retries=3", "psr.search.max_prompt_tokens=2000",
-                 "psr.search.width=3", "stages.prompts_per_iteration=[2]"]  # fmt: skip
+                 "psr.judge.settings={}", "psr.chat_template=false", "psr.search.judge_retries=3",
+                 "psr.search.max_prompt_tokens=2000", "psr.search.width=3",
+                 "stages.prompts_per_iteration=[2]"]  # fmt: skip
     run = RecipeRun(load_recipe(RECIPES / "tiny_cpu.yaml", overrides), runs_dir=tmp_path / "runs")
     stage = next(s for s in run.plan() if s.name == "iter_1/search")
     stage.write_config()
