@@ -663,6 +663,24 @@ def _trainer_settings_problems(where: str, plugin, settings: dict) -> list[str]:
     return problems
 
 
+def _other_owners(registry, name: str, keys: list[str]) -> list[str]:
+    """Those of ``keys`` that another registered plugin's constructor takes (by parameter name)."""
+    import inspect
+
+    owners = []
+    for key in keys:
+        for other in registry.names():
+            if other == name:
+                continue
+            try:
+                if key in inspect.signature(registry.get(other)).parameters:
+                    owners.append(key)
+                    break
+            except Exception:  # a plugin that cannot be loaded or inspected here says nothing about this key
+                continue
+    return owners
+
+
 def plugin_problems(psr: PSRSpec, eval_judges: list[str], path: Path, tts: TTSSpec | None = None) -> list[str]:
     """Plugin names resolve, and their settings bind to the plugin's own ``from_config``/constructor (as
     ``inspect.signature(...).bind``); evaluation judges are registered names. ``module:attr`` plugins are
@@ -703,8 +721,14 @@ def plugin_problems(psr: PSRSpec, eval_judges: list[str], path: Path, tts: TTSSp
             builtin = spec.name in ("generative", "logit", "outcome")  # the search passes these the chat template
             settings = {"chat_template": psr.chat_template, **spec.settings} if builtin else spec.settings
             inherited = plugin.from_config.__qualname__ == "PairwiseJudge.from_config"  # passes all to cls(...)
-            problems += _signature_problems(where, plugin.from_config, (None,), settings, then=plugin,
-                                            first_supplied=not inherited)  # fmt: skip
+            found = _signature_problems(where, plugin.from_config, (None,), settings, then=plugin,
+                                        first_supplied=not inherited)  # fmt: skip
+            owners = _other_owners(registry, spec.name, [k for k in spec.settings if f".{k}: unknown setting" in
+                                                          " ".join(found)])  # fmt: skip
+            if owners:  # the name was swapped (``--set psr.judge.name=...``) and the old judge's settings kept
+                found.append(f"{where}: {', '.join(owners)} are settings of another judge; with --set {key}.name=..., "
+                             f"set its settings too, e.g. --set {key}.settings={{}}")  # fmt: skip
+            problems += found
     named = [(f"data.eval.judges[{k}]", name) for k, name in enumerate(eval_judges)]
     named += [("data.eval.tts.judge", tts.judge)] if tts is not None and tts.benchmarks else []
     for key, name in named:

@@ -84,3 +84,12 @@ def test_paper_recipes_carry_the_papers_settings():
     srlm = load_recipe(RECIPES / "srlm_baseline_7b.yaml")
     assert srlm.psr.method == "srlm" and srlm.psr.search.width == 4
     assert load_recipe(RECIPES / "psr_qwen2.5_math_72b.yaml").model == "Qwen/Qwen2.5-Math-72B"
+
+
+def test_swapping_the_judge_by_name_alone_says_the_old_settings_stayed():
+    with pytest.raises(RecipeError) as info:
+        load_recipe(RECIPES / "tiny_cpu.yaml", ["psr.judge.name=generative"])  # tiny_cpu's logit has reason_tokens
+    lines = str(info.value).splitlines()
+    assert any("psr.judge.settings.reason_tokens: unknown setting" in line for line in lines), lines
+    assert any("reason_tokens are settings of another judge" in line and "--set psr.judge.settings={}" in line
+               for line in lines), lines  # fmt: skip
