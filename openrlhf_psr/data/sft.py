@@ -54,17 +54,21 @@ def ift_record(question: str, steps: Sequence[str]) -> dict:
     return {"input": render_step_prompt(question), "output": render_solution(steps), "kind": "ift"}
 
 
-def eft_records(pair: JudgedStepPair) -> list[dict]:
-    """Both orders of one judged pair: better shown as A (verdict [[A]]) and as B (verdict [[B]]); the pair's
-    rationale, if any, opens the answer."""
+def prose_answer(pair: JudgedStepPair, better_is_a: bool) -> str:
+    """The paper-style EFT answer: the pair's rationale, if any, then the verdict."""
+    letter, other = ("A", "B") if better_is_a else ("B", "A")
+    reason = f"Assistant {other}'s step is wrong: {pair.rationale.strip()} " if pair.rationale else ""
+    return f"{reason}Assistant {letter}'s step is the better next step. [[{letter}]]"
+
+
+def eft_records(pair: JudgedStepPair, answer=prose_answer) -> list[dict]:
+    """Both orders of one judged pair: better shown as A (verdict [[A]]) and as B (verdict [[B]]), each answered
+    by ``answer(pair, better_is_a)``."""
     out = []
     for better_is_a in (True, False):
         a, b = (pair.better, pair.worse) if better_is_a else (pair.worse, pair.better)
-        letter, other = ("A", "B") if better_is_a else ("B", "A")
-        reason = f"Assistant {other}'s step is wrong: {pair.rationale.strip()} " if pair.rationale else ""
-        output = f"{reason}Assistant {letter}'s step is the better next step. [[{letter}]]"
         prompt = render_judge_prompt(pair.question, list(pair.previous_steps), a, b)
-        out.append({"input": prompt, "output": output, "kind": "eft"})
+        out.append({"input": prompt, "output": answer(pair, better_is_a), "kind": "eft"})
     return out
 
 
@@ -93,15 +97,9 @@ better next step. [[B]]
     )
 
 
-def builtin_eft_records(pair: JudgedStepPair) -> list[dict]:
-    """Both orders of one built-in judged pair, each answered with :func:`checking_rationale`."""
-    out = []
-    for better_is_a in (True, False):
-        a, b = (pair.better, pair.worse) if better_is_a else (pair.worse, pair.better)
-        prompt = render_judge_prompt(pair.question, list(pair.previous_steps), a, b)
-        output = checking_rationale(pair.better, pair.worse, better_is_a)
-        out.append({"input": prompt, "output": output, "kind": "eft"})
-    return out
+def checking_answer(pair: JudgedStepPair, better_is_a: bool) -> str:
+    """The built-in task's EFT answer for :func:`eft_records`: :func:`checking_rationale` of the pair."""
+    return checking_rationale(pair.better, pair.worse, better_is_a)
 
 
 def corrupt_step(step: str, rng: random.Random) -> str | None:
@@ -150,7 +148,7 @@ def builtin_sft(n_ift: int = 64, n_eft: int = 64, seed: int = 0, difficulty=None
     d = difficulty or DEFAULT
     records = [ift_record(p.question, p.steps) for p in (make_problem(seed, i, difficulty=d) for i in range(n_ift))]
     for p, k, wrong in builtin_corrupted_steps(n_eft, seed + 7919, d):  # another seed: problems unlike the IFT ones
-        records += builtin_eft_records(builtin_judged_pair(p, k, wrong))
+        records += eft_records(builtin_judged_pair(p, k, wrong), answer=checking_answer)
     return records
 
 

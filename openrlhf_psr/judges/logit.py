@@ -180,7 +180,7 @@ class LogitJudge(PairwiseJudge):
                 max_tokens=self.reason_tokens,
                 stop=(VERDICT_OPENING,),
                 affinity=c.question,
-            )  # fmt: skip
+            )
             for ids, c in zip(prompts, comparisons, strict=True)
         ]
         outputs = self.writer.generate(requests)
