@@ -41,6 +41,7 @@ class Engine(ABC):
     """Generates for a batch of requests in one call. ``tokenizer`` is the model's HF tokenizer."""
 
     tokenizer = None
+    max_model_len: int | None = None  # prompt + generated tokens the engine holds per sequence; None: not known
 
     @abstractmethod
     def generate(self, requests: Sequence[SampleRequest]) -> list[list[Sample]]:

@@ -3,6 +3,12 @@
 Prompts are sent as token ids. vLLM's server returns the generated ids when asked (``return_token_ids``); a server
 that does not is answered by re-tokenising the text (recorded as ``approx_ids``), which is fine for a judge but
 not for DPO pairs. Requests of one batch run concurrently (the server batches them); each is retried with backoff.
+
+The logit judge reads P("A")/P("B") through :meth:`OpenAIHTTPEngine.next_token_logprobs`: one ``max_tokens: 1``
+request per prompt with vLLM's ``logprob_token_ids`` (every asked token is returned whatever its rank) and
+``return_tokens_as_token_ids`` (keys ``"token_id:N"``, so no token text is matched). A server without those fields
+answers without the asked tokens; that is reported as NotImplementedError, on which the logit judge falls back to
+its transformers forward (or fails with ``backend: engine``).
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from openrlhf_psr.engines.base import Engine, Sample, SampleRequest
+
+_TOKEN_ID_KEY = "token_id:"  # vLLM's key for a token when ``return_tokens_as_token_ids`` is set
 
 
 class OpenAIHTTPEngine(Engine):
@@ -50,7 +58,9 @@ class OpenAIHTTPEngine(Engine):
     def from_config(cls, model: str, *, base_url: str, seed: int = 0, max_model_len: int = 0,
                     served_model_name: str | None = None, **settings):  # fmt: skip
         """``base_url`` is required; ``model`` is the served model name (and where its tokenizer comes from)."""
-        return cls(base_url, model=served_model_name or model, **settings)
+        engine = cls(base_url, model=served_model_name or model, **settings)
+        engine.max_model_len = max_model_len or None  # the server's limit, when the recipe states it
+        return engine
 
     def _payload(self, r: SampleRequest) -> dict:
         payload = {
@@ -104,3 +114,37 @@ class OpenAIHTTPEngine(Engine):
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests))) as pool:
             bodies = list(pool.map(lambda r: self._post(self._payload(r)), requests))
         return [self._samples(b, r.n) for b, r in zip(bodies, requests, strict=True)]
+
+    def next_token_logprobs(self, prompts, token_ids, *, affinity=()) -> list[list[float]]:
+        """Log-probs of ``token_ids`` as the next token of each prompt (the server's full-vocabulary softmax), one
+        concurrent request per prompt; prompts sharing a prefix hit the server's prefix cache."""
+        if not prompts:
+            return []
+        asked = [int(t) for t in token_ids]
+
+        def payload(prompt) -> dict:
+            return {
+                "model": self.model, "prompt": list(prompt), "max_tokens": 1, "temperature": 0.0, "logprobs": 1,
+                "logprob_token_ids": asked, "return_tokens_as_token_ids": True,
+            }  # fmt: skip
+
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(prompts))) as pool:
+            bodies = list(pool.map(lambda p: self._post(payload(p)), prompts))
+        return [self._asked_logprobs(body, asked, index) for index, body in enumerate(bodies)]
+
+    def _asked_logprobs(self, body: dict, asked: list[int], index: int) -> list[float]:
+        try:
+            position = body["choices"][0]["logprobs"]["top_logprobs"][0]
+        except (KeyError, IndexError, TypeError) as exc:
+            raise ValueError(f"{self.url}: prompt {index}: no next-token logprobs in the response ({exc!r})") from exc
+        by_id = {}
+        for key, value in (position or {}).items():
+            if isinstance(key, str) and key.startswith(_TOKEN_ID_KEY) and key[len(_TOKEN_ID_KEY) :].isdigit():
+                by_id[int(key[len(_TOKEN_ID_KEY) :])] = float(value)
+        missing = [t for t in asked if t not in by_id]
+        if missing:
+            raise NotImplementedError(
+                f"{self.url}: prompt {index}: the server returned no logprob for token ids {missing}: it does not "
+                "support vLLM's logprob_token_ids / return_tokens_as_token_ids (serve the judge with vLLM)"
+            )
+        return [by_id[t] for t in asked]

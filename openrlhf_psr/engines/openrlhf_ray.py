@@ -178,7 +178,9 @@ class OpenRLHFRayEngine(Engine):
 
     @classmethod
     def from_config(cls, model: str, *, seed: int = 0, max_model_len: int = 4096, **settings) -> OpenRLHFRayEngine:
-        return cls.create(model, seed=seed, max_model_len=max_model_len, **settings)
+        engine = cls.create(model, seed=seed, max_model_len=max_model_len, **settings)
+        engine.max_model_len = max_model_len
+        return engine
 
     def generate(self, requests):
         import ray

@@ -73,6 +73,7 @@ class VLLMLocalEngine(Engine):
     def __init__(self, llm=None, *, model: str | None = None, **llm_kwargs):
         self.llm = llm if llm is not None else create_llm(model, **llm_kwargs)
         self.tokenizer = self.llm.get_tokenizer()
+        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
         self.rescored = 0  # continuations scored twice because the prefix cache already held them (a statistic)
 
     @classmethod

@@ -168,29 +168,45 @@ class LogitJudge(PairwiseJudge):
 
     def reasoned_prompt_ids(self, comparisons: Sequence[Comparison]) -> list[list[int]]:
         """Each guarded judge prompt + the judge's own explanation (one batched greedy ``generate``, stopped at the
-        verdict opening) + the opening ``[[``: where the verdict is read when ``reason_tokens`` > 0."""
+        verdict opening) + the opening ``[[``: where the verdict is read when ``reason_tokens`` > 0.
+
+        A long judge prompt (a PRM800K solution, say) shortens the explanation so that prompt + explanation +
+        opening + the verdict token fit the engine's ``max_model_len``; with no room left the verdict is read right
+        after the prompt, as with ``reason_tokens: 0``."""
         prompts = [
             guarded_prompt_ids(self.tokenizer, c.prompt(), chat_template=self.chat_template) for c in comparisons
         ]
+        limit = getattr(self.writer, "max_model_len", None)
+        budgets = [self._explanation_budget(len(ids), limit) for ids in prompts]
         requests = [
             SampleRequest(
-                tuple(ids),
-                n=1,
-                temperature=0.0,
-                max_tokens=self.reason_tokens,
-                stop=(VERDICT_OPENING,),
-                affinity=c.question,
+                tuple(ids), n=1, temperature=0.0, max_tokens=budget, stop=(VERDICT_OPENING,), affinity=c.question
             )
-            for ids, c in zip(prompts, comparisons, strict=True)
+            for ids, c, budget in zip(prompts, comparisons, budgets, strict=True)
+            if budget > 0
         ]
-        outputs = self.writer.generate(requests)
+        outputs = iter(self.writer.generate(requests) if requests else [])
+        explanations = [next(outputs)[0].text.split(VERDICT_OPENING)[0] if budget > 0 else "" for budget in budgets]
+        # the text up to the first opening (vLLM leaves the stop string out; a cut explanation is read as it is),
+        # encoded with the opening so the tokens match how the verdict follows an explanation in training
         return [
-            # the text up to the first opening (vLLM leaves the stop string out; a cut explanation is read as it is),
-            # encoded with the opening so the tokens match how the verdict follows an explanation in training
-            ids
-            + self.tokenizer.encode(out[0].text.split(VERDICT_OPENING)[0] + VERDICT_OPENING, add_special_tokens=False)
-            for ids, out in zip(prompts, outputs, strict=True)
+            ids + self._fit(text, budget) for ids, text, budget in zip(prompts, explanations, budgets, strict=True)
         ]
+
+    def _explanation_budget(self, prompt_len: int, limit: int | None) -> int:
+        if limit is None:
+            return self.reason_tokens
+        # the opening and the one verdict token read after it must fit too
+        return max(0, min(self.reason_tokens, limit - prompt_len - len(self.opening_ids) - 1))
+
+    def _fit(self, explanation: str, budget: int) -> list[int]:
+        """``explanation + [[`` encoded, its explanation cut to ``budget`` tokens (re-encoding text can merge or
+        split tokens differently from how they were generated, so the budget is enforced again here)."""
+        ids = self.tokenizer.encode(explanation + VERDICT_OPENING, add_special_tokens=False)
+        if len(ids) <= budget + len(self.opening_ids):
+            return ids
+        kept = self.tokenizer.encode(explanation, add_special_tokens=False)[: max(0, budget - 1)]
+        return self.tokenizer.encode(self.tokenizer.decode(kept) + VERDICT_OPENING, add_special_tokens=False)
 
     def probabilities(self, comparisons: Sequence[Comparison]) -> list[float]:
         """P(A is better) for each comparison (NaN where the engine gave no finite log-probs)."""

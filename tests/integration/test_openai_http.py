@@ -68,3 +68,25 @@ def test_http_engine_gets_exact_token_ids_from_vllm_serve(vllm_server, tiny_mode
             assert tokenizer.decode(s.token_ids, skip_special_tokens=True) == s.text
     again = engine.generate(requests[1:])
     assert again[0][0].token_ids == first[1][0].token_ids  # greedy is deterministic over HTTP too
+
+
+def test_http_engine_reads_next_token_logprobs_of_given_tokens_from_vllm_serve(vllm_server, tiny_model):
+    """What the logit judge reads from a served judge: the log-prob of each asked token (any rank), matching a
+    transformers forward of the same weights within bf16 rounding."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from openrlhf_psr.engines.openai_http import OpenAIHTTPEngine
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    engine = OpenAIHTTPEngine(vllm_server, model="tiny", tokenizer=tokenizer)
+    prompts = [tokenizer.encode(t, add_special_tokens=False) for t in ("Which is better? [[", "Step 1: 2 + 2 = 4. [[")]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    with torch.no_grad():
+        expected = [torch.log_softmax(model(torch.tensor([p])).logits[0, -1], -1) for p in prompts]
+    asked = [int(expected[0].argmin()), int(expected[0].argmax()), 5]  # the least likely token is returned too
+    rows = engine.next_token_logprobs(prompts, asked)
+    for row, reference in zip(rows, expected, strict=True):
+        assert len(row) == len(asked)
+        assert max(abs(got - float(reference[t])) for got, t in zip(row, asked, strict=True)) < 0.1
+    assert rows[0][0] < rows[0][1]

@@ -164,6 +164,40 @@ def test_logit_judge_with_reason_tokens_reads_the_verdict_after_its_own_explanat
         LogitJudge("default", engine=engine, backend="transformers", reason_tokens=8)
 
 
+class LongExplanation(ExplainsThenScores):
+    """An engine of ``max_model_len`` tokens whose judge writes ``max_tokens`` characters (one token each)."""
+
+    def __init__(self, max_model_len: int):
+        super().__init__()
+        self.max_model_len = max_model_len
+
+    def generate(self, requests):
+        from openrlhf_psr.engines.base import Sample
+
+        self.requests += list(requests)
+        return [[Sample("x" * r.max_tokens, (), "length", None)] for r in requests]
+
+    def next_token_logprobs(self, prompts, token_ids, *, affinity=()):
+        assert all(len(p) + 1 <= self.max_model_len for p in prompts), [len(p) for p in prompts]
+        return super().next_token_logprobs(prompts, token_ids, affinity=affinity)
+
+
+def test_a_long_judge_prompt_shortens_the_explanation_to_fit_the_engine():
+    """A PRM800K-sized prompt + 64 explanation tokens + the opening exceeded vLLM's max_model_len and failed the
+    evaluation; the explanation now gets only the room left, and none when the prompt fills the engine."""
+    short, long_ = _comparison("Step 1: 3 + 4 = 7", "Step 1: 3 + 4 = 8"), _comparison("Step 1: " + "9" * 80, "B")
+    probe = LogitJudge(engine=ExplainsThenScores(), chat_template=False)
+    limit = len(probe.prompt_ids(long_)) + 10  # prompt + "[[" + 9 explanation tokens + the verdict token
+    engine = LongExplanation(limit)
+    judge = LogitJudge(engine=engine, chat_template=False, reason_tokens=64)
+    judge.judge([short, long_])
+    assert [r.max_tokens for r in engine.requests] == [64, 9]
+    full = LongExplanation(len(probe.prompt_ids(long_)) + 1)  # room for "[[" and the verdict token only
+    judge = LogitJudge(engine=full, chat_template=False, reason_tokens=64)
+    judge.judge([long_])
+    assert full.requests == [] and full.calls[0][0] == [probe.prompt_ids(long_)]
+
+
 def test_the_recipes_judge_reason_tokens_reach_the_evaluation_logit_judge(tmp_path):
     from openrlhf_psr.cli.evaluate import _judge_settings
     from openrlhf_psr.launcher import RecipeRun
