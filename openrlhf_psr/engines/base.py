@@ -128,6 +128,7 @@ class CountingEngine(Engine):
     def __init__(self, inner: Engine):
         self.inner = inner
         self.tokenizer = inner.tokenizer
+        self.max_model_len = getattr(inner, "max_model_len", None)
         self.calls = self.requests = self.sequences = self.generated_tokens = self.scored_tokens = 0
         self.scored_prompts = 0  # prompts scored by next_token_logprobs (logit judge comparisons)
 

@@ -189,7 +189,7 @@ def test_a_long_judge_prompt_shortens_the_explanation_to_fit_the_engine():
     probe = LogitJudge(engine=ExplainsThenScores(), chat_template=False)
     limit = len(probe.prompt_ids(long_)) + 10  # prompt + "[[" + 9 explanation tokens + the verdict token
     engine = LongExplanation(limit)
-    judge = LogitJudge(engine=engine, chat_template=False, reason_tokens=64)
+    judge = LogitJudge(engine=CountingEngine(engine), chat_template=False, reason_tokens=64)  # limit passes through
     judge.judge([short, long_])
     assert [r.max_tokens for r in engine.requests] == [64, 9]
     full = LongExplanation(len(probe.prompt_ids(long_)) + 1)  # room for "[[" and the verdict token only
