@@ -23,3 +23,15 @@ class CharTokenizer:
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         return "".join(chr(i) for i in ids if not (skip_special_tokens and i == self.eos_token_id))
+
+
+def send_json(handler, body: dict, status: int = 200) -> None:
+    """Answer an ``http.server`` request with ``body`` as JSON: the reply of a stand-in OpenAI-compatible server."""
+    import json
+
+    payload = json.dumps(body).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(payload)))
+    handler.end_headers()
+    handler.wfile.write(payload)

@@ -4,11 +4,11 @@ Prompts are sent as token ids. vLLM's server returns the generated ids when aske
 that does not is answered by re-tokenising the text (recorded as ``approx_ids``), which is fine for a judge but
 not for DPO pairs. Requests of one batch run concurrently (the server batches them); each is retried with backoff.
 
-The logit judge reads P("A")/P("B") through :meth:`OpenAIHTTPEngine.next_token_logprobs`: one ``max_tokens: 1``
-request per prompt with vLLM's ``logprob_token_ids`` (every asked token is returned whatever its rank) and
-``return_tokens_as_token_ids`` (keys ``"token_id:N"``, so no token text is matched). A server without those fields
-answers without the asked tokens; that is reported as NotImplementedError, on which the logit judge falls back to
-its transformers forward (or fails with ``backend: engine``).
+The logit judge reads P("A")/P("B") through :meth:`OpenAIHTTPEngine.next_token_logprobs`: ``max_tokens: 1``
+requests of up to 32 prompts each, with vLLM's ``logprob_token_ids`` (every asked token is returned whatever its
+rank) and ``return_tokens_as_token_ids`` (keys ``"token_id:N"``, so no token text is matched). A server without
+those fields answers without the asked tokens; that is reported as NotImplementedError, on which the logit judge
+falls back to its transformers forward (or fails with ``backend: engine``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from openrlhf_psr.engines.base import Engine, Sample, SampleRequest
 
 _TOKEN_ID_KEY = "token_id:"  # vLLM's key for a token when ``return_tokens_as_token_ids`` is set
+_PROMPTS_PER_REQUEST = 32  # verdict reads batched per request (the completions API takes a list of prompts)
 
 
 class OpenAIHTTPEngine(Engine):
@@ -116,25 +117,34 @@ class OpenAIHTTPEngine(Engine):
         return [self._samples(b, r.n) for b, r in zip(bodies, requests, strict=True)]
 
     def next_token_logprobs(self, prompts, token_ids, *, affinity=()) -> list[list[float]]:
-        """Log-probs of ``token_ids`` as the next token of each prompt (the server's full-vocabulary softmax), one
-        concurrent request per prompt; prompts sharing a prefix hit the server's prefix cache."""
-        if not prompts:
-            return []
+        """Log-probs of ``token_ids`` as the next token of each prompt (the server's full-vocabulary softmax): the
+        prompts go as lists of ids, ``_PROMPTS_PER_REQUEST`` per request, requests concurrent; prompts sharing a
+        prefix hit the server's prefix cache."""
         asked = [int(t) for t in token_ids]
+        chunks = [prompts[i : i + _PROMPTS_PER_REQUEST] for i in range(0, len(prompts), _PROMPTS_PER_REQUEST)]
+        if not chunks:
+            return []
 
-        def payload(prompt) -> dict:
+        def payload(chunk) -> dict:
             return {
-                "model": self.model, "prompt": list(prompt), "max_tokens": 1, "temperature": 0.0, "logprobs": 1,
-                "logprob_token_ids": asked, "return_tokens_as_token_ids": True,
+                "model": self.model, "prompt": [list(p) for p in chunk], "max_tokens": 1, "temperature": 0.0,
+                "logprobs": 1, "logprob_token_ids": asked, "return_tokens_as_token_ids": True,
             }  # fmt: skip
 
-        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(prompts))) as pool:
-            bodies = list(pool.map(lambda p: self._post(payload(p)), prompts))
-        return [self._asked_logprobs(body, asked, index) for index, body in enumerate(bodies)]
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(chunks))) as pool:
+            bodies = list(pool.map(lambda chunk: self._post(payload(chunk)), chunks))
+        rows = []
+        for first, (chunk, body) in enumerate(zip(chunks, bodies, strict=True)):
+            choices = sorted(body.get("choices", []), key=lambda c: c.get("index", 0))
+            if len(choices) != len(chunk):
+                raise ValueError(f"{self.url}: expected {len(chunk)} choices, got {len(choices)}")
+            start = first * _PROMPTS_PER_REQUEST
+            rows += [self._asked_logprobs(c, asked, start + k) for k, c in enumerate(choices)]
+        return rows
 
-    def _asked_logprobs(self, body: dict, asked: list[int], index: int) -> list[float]:
+    def _asked_logprobs(self, choice: dict, asked: list[int], index: int) -> list[float]:
         try:
-            position = body["choices"][0]["logprobs"]["top_logprobs"][0]
+            position = choice["logprobs"]["top_logprobs"][0]
         except (KeyError, IndexError, TypeError) as exc:
             raise ValueError(f"{self.url}: prompt {index}: no next-token logprobs in the response ({exc!r})") from exc
         by_id = {}

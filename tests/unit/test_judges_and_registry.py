@@ -12,7 +12,7 @@ from openrlhf_psr.engines.base import Engine, Sample, SampleRequest
 from openrlhf_psr.judges.base import Comparison, JudgeContext, PairwiseJudge, build_judge
 from openrlhf_psr.judges.outcome import OutcomeJudge
 from openrlhf_psr.registry import JUDGES, Registry, RegistryError, load_import_string
-from openrlhf_psr.testing import CharTokenizer
+from openrlhf_psr.testing import CharTokenizer, send_json
 
 pytestmark = pytest.mark.unit
 
@@ -104,12 +104,7 @@ class _Handler(BaseHTTPRequestHandler):
             }
             for k in range(body["n"])
         ]
-        payload = json.dumps({"choices": choices}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
+        send_json(self, {"choices": choices})
 
     def log_message(self, *args):
         pass

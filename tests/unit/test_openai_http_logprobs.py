@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from openrlhf_psr.testing import CharTokenizer
+from openrlhf_psr.testing import CharTokenizer, send_json
 
 pytestmark = pytest.mark.unit
 
@@ -24,18 +24,15 @@ class _LogprobServer(BaseHTTPRequestHandler):
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).seen.append(body)
-        n = len(body["prompt"])
-        if self.ignore_asked:
-            top = {"A": -0.1}
-        else:
-            top = {f"token_id:{t}": -(t + n) / 10 for t in body["logprob_token_ids"]}
-            top["token_id:7"] = -0.05  # the sampled token, as vLLM adds it
-        payload = json.dumps({"choices": [{"index": 0, "text": "x", "logprobs": {"top_logprobs": [top]}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
+        choices = []
+        for index, prompt in enumerate(body["prompt"]):
+            if self.ignore_asked:
+                top = {"A": -0.1}
+            else:
+                top = {f"token_id:{t}": -(t + len(prompt)) / 10 for t in body["logprob_token_ids"]}
+                top["token_id:7"] = -0.05  # the sampled token, as vLLM adds it
+            choices.append({"index": index, "text": "x", "logprobs": {"top_logprobs": [top]}})
+        send_json(self, {"choices": choices[::-1]})  # in any order: the index says which prompt
 
     def log_message(self, *args):
         pass
@@ -58,6 +55,10 @@ def test_http_engine_returns_the_asked_tokens_logprobs_per_prompt_in_order(serve
     rows = engine.next_token_logprobs([[1, 2], [1, 2, 3, 4]], [65, 66])
     assert rows == [[-6.7, -6.8], [-6.9, -7.0]]  # by id, not by rank or text: 7 (the sampled token) is ignored
     sent = _LogprobServer.seen[0]
+    assert len(_LogprobServer.seen) == 1 and sent["prompt"] == [[1, 2], [1, 2, 3, 4]]  # one request for the batch
+    many = engine.next_token_logprobs([[1] * k for k in range(1, 71)], [65])
+    assert len(_LogprobServer.seen) == 4 and sorted(len(b["prompt"]) for b in _LogprobServer.seen[1:]) == [6, 32, 32]
+    assert many == [[-(65 + k) / 10] for k in range(1, 71)]  # in prompt order across requests
     assert sent["logprob_token_ids"] == [65, 66] and sent["return_tokens_as_token_ids"] is True
     assert sent["max_tokens"] == 1 and sent["logprobs"] == 1 and sent["temperature"] == 0.0
     assert engine.next_token_logprobs([], [65, 66]) == []
