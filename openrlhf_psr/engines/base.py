@@ -37,6 +37,12 @@ class Sample:
     stop_reason: str | int | None = None
 
 
+class UnsupportedByEngine(NotImplementedError):
+    """This engine cannot do what was asked (score given tokens, read next-token log-probs of given tokens): a
+    capability it lacks, not an unfinished method. Judges catch it and fall back (the logit judge to its transformers
+    forward) or name the generator that can."""
+
+
 class Engine(ABC):
     """Generates for a batch of requests in one call. ``tokenizer`` is the model's HF tokenizer."""
 
@@ -52,9 +58,9 @@ class Engine(ABC):
         context and the continuation tokens before it (teacher forcing), all items in one batched call.
 
         Used by judges that score given text instead of generating (the likelihood judge). An engine that cannot
-        score a prompt raises NotImplementedError; the in-process ``vllm`` engine can.
+        score a prompt raises :class:`UnsupportedByEngine`; the in-process ``vllm`` engine can.
         """
-        raise NotImplementedError(
+        raise UnsupportedByEngine(
             f"{type(self).__name__} cannot score given continuations (prompt log-probs); use the 'vllm' generator"
         )
 
@@ -67,10 +73,10 @@ class Engine(ABC):
 
         Used by the logit judge (P("A") vs P("B") at the verdict position, read from the generation engine, so no
         second copy of the model). Prompts that share a prefix reuse the engine's prefix cache. An engine that
-        cannot return logprobs of given tokens raises NotImplementedError (the logit judge then falls back to a
-        transformers forward).
+        cannot return logprobs of given tokens raises :class:`UnsupportedByEngine` (the logit judge then falls back
+        to a transformers forward).
         """
-        raise NotImplementedError(f"{type(self).__name__} cannot return next-token log-probs of given tokens")
+        raise UnsupportedByEngine(f"{type(self).__name__} cannot return next-token log-probs of given tokens")
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the engine's resources."""

@@ -7,8 +7,8 @@ not for DPO pairs. Requests of one batch run concurrently (the server batches th
 The logit judge reads P("A")/P("B") through :meth:`OpenAIHTTPEngine.next_token_logprobs`: ``max_tokens: 1``
 requests of up to 32 prompts each, with vLLM's ``logprob_token_ids`` (every asked token is returned whatever its
 rank) and ``return_tokens_as_token_ids`` (keys ``"token_id:N"``, so no token text is matched). A server without
-those fields answers without the asked tokens; that is reported as NotImplementedError, on which the logit judge
-falls back to its transformers forward (or fails with ``backend: engine``).
+those fields answers without the asked tokens; that is reported as ``UnsupportedByEngine``, on which the logit
+judge falls back to its transformers forward (or fails with ``backend: engine``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from openrlhf_psr.engines.base import Engine, Sample, SampleRequest
+from openrlhf_psr.engines.base import Engine, Sample, SampleRequest, UnsupportedByEngine
 
 _TOKEN_ID_KEY = "token_id:"  # vLLM's key for a token when ``return_tokens_as_token_ids`` is set
 _PROMPTS_PER_REQUEST = 32  # verdict reads batched per request (the completions API takes a list of prompts)
@@ -153,7 +153,7 @@ class OpenAIHTTPEngine(Engine):
                 by_id[int(key[len(_TOKEN_ID_KEY) :])] = float(value)
         missing = [t for t in asked if t not in by_id]
         if missing:
-            raise NotImplementedError(
+            raise UnsupportedByEngine(
                 f"{self.url}: prompt {index}: the server returned no logprob for token ids {missing}: it does not "
                 "support vLLM's logprob_token_ids / return_tokens_as_token_ids (serve the judge with vLLM)"
             )

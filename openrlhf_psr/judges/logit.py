@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from openrlhf_psr.engines.base import SampleRequest
+from openrlhf_psr.engines.base import SampleRequest, UnsupportedByEngine
 from openrlhf_psr.judges.base import Comparison, JudgeContext, Judgment, PairwiseJudge
 from openrlhf_psr.judges.guard import guarded_prompt_ids
 from openrlhf_psr.records import Verdict
@@ -218,7 +218,7 @@ class LogitJudge(PairwiseJudge):
         if self.engine is not None and self.model is None:
             try:
                 return self._engine_probabilities(prompts, comparisons)
-            except NotImplementedError:
+            except UnsupportedByEngine:
                 if self.backend == "engine":
                     raise
                 self.engine = None  # this engine cannot: read the verdict with a transformers forward from now on

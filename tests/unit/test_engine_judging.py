@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from openrlhf_psr.engines.base import CountingEngine, Engine
+from openrlhf_psr.engines.base import CountingEngine, Engine, UnsupportedByEngine
 from openrlhf_psr.judges.base import Comparison, JudgeContext
 from openrlhf_psr.judges.logit import LogitJudge
 from openrlhf_psr.testing import CharTokenizer
@@ -89,7 +89,7 @@ def test_logit_judge_engine_backend_requires_an_engine_that_can_score():
             return []
 
     judge = LogitJudge(engine=GenerateOnly(), backend="engine", chat_template=False)
-    with pytest.raises(NotImplementedError, match="next-token log-probs"):
+    with pytest.raises(UnsupportedByEngine, match="next-token log-probs"):
         judge.judge([_comparison("Step 1: a", "Step 1: b")])
     with pytest.raises(ValueError, match="expected a model"):  # auto: no model to fall back on
         LogitJudge(engine=None)

@@ -11,7 +11,7 @@ import pytest
 from openrlhf_psr.data.arith import Difficulty, make_problem, make_problems, trace_question
 from openrlhf_psr.data.problems import Problem, load_problems
 from openrlhf_psr.data.sft import corrupt_step
-from openrlhf_psr.engines.base import Engine, Sample
+from openrlhf_psr.engines.base import Engine, Sample, UnsupportedByEngine
 from openrlhf_psr.eval.builtin_judge import builtin_judge_pairs
 from openrlhf_psr.eval.judge_accuracy import LabelledPair, judge_accuracy
 from openrlhf_psr.judges.base import Comparison, JudgeContext, build_judge
@@ -304,7 +304,7 @@ def test_likelihood_judge_on_an_engine_that_cannot_score_is_a_clear_error():
             return []
 
     judge = build_judge("likelihood", JudgeContext(model="m", engine=GenerateOnly()))
-    with pytest.raises(NotImplementedError, match="GenerateOnly cannot score.*'vllm' generator"):
+    with pytest.raises(UnsupportedByEngine, match="GenerateOnly cannot score.*'vllm' generator"):
         judge.judge([Comparison("q", (), "a", "b")])
     with pytest.raises(ValueError, match="score 'best'"):
         build_judge("likelihood", JudgeContext(model="m", engine=GenerateOnly()), score="best")

@@ -9,6 +9,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
+from openrlhf_psr.engines.base import UnsupportedByEngine
 from openrlhf_psr.testing import CharTokenizer, send_json
 
 pytestmark = pytest.mark.unit
@@ -70,5 +71,5 @@ def test_a_server_without_logprob_token_ids_is_not_implemented_so_the_logit_judg
     _LogprobServer.ignore_asked = True
     engine = OpenAIHTTPEngine(server, model="judge", tokenizer=CharTokenizer())
     expected = r"prompt 0: the server returned no logprob for token ids \[65, 66\]"
-    with pytest.raises(NotImplementedError, match=expected):
+    with pytest.raises(UnsupportedByEngine, match=expected):
         engine.next_token_logprobs([[1, 2]], [65, 66])
