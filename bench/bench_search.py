@@ -140,6 +140,16 @@ def main() -> None:
     parser.add_argument("--judge-max-tokens", type=int, default=32)
     parser.add_argument("--temperature", type=float, default=0.5)
     parser.add_argument("--top-p", type=float, default=0.95)
+    parser.add_argument(
+        "--dtype", default="bfloat16", choices=["bfloat16", "float32"],
+        help="dtype of the model body in both the engine and the transformers judge (the verdict head is fp32 in "
+        "both): float32 separates what the two backends compute differently from bf16 rounding in the P(A) check",
+    )  # fmt: skip
+    parser.add_argument(
+        "--block-size", type=int, default=None,
+        help="the engine's KV block size (vLLM's default on CPU: 128); only whole blocks are read from the prefix "
+        "cache, so a smaller block lets more of each judge prompt's shared prefix be reused",
+    )  # fmt: skip
     args = parser.parse_args()
 
     from openrlhf_psr.data.problems import load_problems
@@ -159,11 +169,12 @@ def main() -> None:
         width=args.width, temperature=args.temperature, top_p=args.top_p, max_rounds=args.max_rounds,
         max_tokens_per_step=args.max_tokens_per_step, seed=0,
     )  # fmt: skip
-    base = VLLMLocalEngine(model=args.model, max_model_len=2048)
+    engine_kwargs = {"block_size": args.block_size} if args.block_size else {}
+    base = VLLMLocalEngine(model=args.model, max_model_len=2048, dtype=args.dtype, **engine_kwargs)
     print(f"model={args.model} source={source} problems={len(problems)} width={config.width} "
           f"rounds<={config.max_rounds} step_tokens<={config.max_tokens_per_step} "
           f"judge_tokens<={args.judge_max_tokens} "
-          f"T={config.temperature} top_p={config.top_p}")  # fmt: skip
+          f"T={config.temperature} top_p={config.top_p} dtype={args.dtype}")  # fmt: skip
 
     # warm-up (compilation, first-batch effects) so that neither side pays it
     base.generate([SampleRequest((1, 2, 3), n=2, max_tokens=8, temperature=1.0)])
@@ -195,7 +206,7 @@ def main() -> None:
             base, [problems], Path(tmp) / "logit", judge=on_engine, cfg=prob_cfg
         )
         agreement = knockout_agreement(ShardStore(Path(tmp) / "logit"))
-        forward = TimedJudge(LogitJudge(args.model, backend="transformers"))
+        forward = TimedJudge(LogitJudge(args.model, backend="transformers", dtype=args.dtype))
         t_elapsed, _, t_summary = timed_search(base, [problems], Path(tmp) / "logit_tf", judge=forward, cfg=prob_cfg)
         # the same comparisons through both, batch by batch as the engine-judged search made them; the prefix cache
         # is emptied first so the engine recomputes the judge prompts the search already sent

@@ -401,6 +401,7 @@ class RecipeRun:
             progress(f"[{k}/{len(stages)}] {stage.name}: {'resuming' if action == 'resume' else 'running'} "
                      f"(log: {stage.log})")  # fmt: skip
             stage.write_config()  # after any clearing: the config lives in the stage's output folder
+            record.pop("exit_code", None)  # a failed attempt's code would otherwise outlive this one's success
             record.update(state="running", command=self.wrap(stage), started=time.time(), fingerprint=fingerprint)
             self.save_manifest(manifest)
             env = {**os.environ, **self.recipe.resources.env, **stage.env}

@@ -496,7 +496,7 @@ def engine_settings(recipe, stage: str) -> dict:
     total_gpus = hardware(recipe).gpus
     if recipe.psr.generator.name not in IN_PROCESS_GENERATORS and (spec.engines or total_gpus):
         settings["num_engines"] = spec.engines or max(1, total_gpus // int(tp or 1))  # as plan_vllm counts them
-    if "gpu_memory_utilization" in spec.model_fields_set:
+    if spec.gpu_memory_utilization is not None:
         settings["gpu_memory_utilization"] = spec.gpu_memory_utilization
     return settings
 

@@ -282,7 +282,12 @@ class EngineSpec(_Section):
     tensor_parallel_size: int | None = Field(
         None, gt=0, description="GPUs per engine (None: psr.generator.settings.tensor_parallel_size, else 1)"
     )
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="share of each GPU vLLM may take")
+    # None rather than a 0.9 default told apart by ``model_fields_set``: that set does not survive the manifest's
+    # round trip (every field is dumped, so every field reads back as set), and `status` would then see a setting
+    # the run never had and call finished stages stale.
+    gpu_memory_utilization: float | None = Field(
+        None, gt=0, le=1, description="share of each GPU vLLM may take (None: the generator's own setting, else 0.9)"
+    )
 
 
 class TrainSpec(_Section):

@@ -227,3 +227,33 @@ def test_writing_a_stage_config_does_not_change_the_stage_fingerprint(tmp_path):
         before = run.fingerprint(stage, hasher)
         stage.write_config()
         assert run.fingerprint(stage, hasher) == before, stage.name
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in RECIPES.glob("*.yaml")))
+def test_status_reads_back_from_the_manifest_the_stages_the_launcher_ran(tmp_path, name):
+    """`status` rebuilds the run from the recipe its manifest recorded; that round trip must give the same stage
+    commands and configs, or every finished stage reads as stale ("will rerun: changed since it ran") although
+    a launch would skip it (the cluster section's engine settings once differed after the round trip)."""
+    launched = RecipeRun(load_recipe(RECIPES / name), runs_dir=tmp_path / "runs")
+    launched.root.mkdir(parents=True)
+    launched.save_manifest(launched.load_manifest())
+    reread = RecipeRun.from_folder(launched.root)
+    assert [(s.name, s.command, s.config) for s in reread.plan()] == [
+        (s.name, s.command, s.config) for s in launched.plan()
+    ]
+
+
+def test_a_stage_that_failed_then_finished_keeps_no_exit_code_of_the_failure(tmp_path):
+    from openrlhf_psr.launcher import StageFailed
+
+    (tmp_path / "source.txt").write_text("v1")
+    run = FakeRun(tmp_path)
+    run.root.mkdir(parents=True)
+    (run.root / "data").write_text("a file where the stage makes its folder")  # the first attempt fails
+    with pytest.raises(StageFailed):
+        _run(run)
+    assert json.loads(run.manifest_path.read_text())["stages"]["data"]["exit_code"] == 1
+    (run.root / "data").unlink()
+    _run(run)
+    record = json.loads(run.manifest_path.read_text())["stages"]["data"]
+    assert record["state"] == "done" and "exit_code" not in record
