@@ -26,8 +26,8 @@ def _last(cmd: list[str], flag: str) -> str | None:
     return values[-1] if values else None
 
 
-def test_the_72b_recipe_trains_on_both_nodes_placed_by_ray(tmp_path):
-    run = RecipeRun(load_recipe(RECIPES / "psr_qwen2.5_math_72b.yaml"), runs_dir=tmp_path)
+def test_the_72b_recipe_trains_on_both_nodes_placed_by_ray(tmp_path, recipe_data):
+    run = RecipeRun(load_recipe(RECIPES / "psr_qwen2.5_math_72b.yaml", recipe_data), runs_dir=tmp_path)
     assert run.recipe.cluster.nodes == 2 and run.recipe.cluster.gpus_per_node == 8
     commands = _training(run)
     assert set(commands) == {"sft", "iter_1/dpo", "iter_2/dpo", "iter_3/dpo"}
@@ -41,8 +41,8 @@ def test_the_72b_recipe_trains_on_both_nodes_placed_by_ray(tmp_path):
     assert dry.count("openrlhf_psr.cli.ray_train --nodes 2 --gpus-per-node 8") == 4
 
 
-def test_one_node_recipes_keep_the_deepspeed_launcher(tmp_path):
-    run = RecipeRun(load_recipe(RECIPES / "psr_qwen2.5_math_7b.yaml"), runs_dir=tmp_path)
+def test_one_node_recipes_keep_the_deepspeed_launcher(tmp_path, recipe_data):
+    run = RecipeRun(load_recipe(RECIPES / "psr_qwen2.5_math_7b.yaml", recipe_data), runs_dir=tmp_path)
     for cmd in _training(run).values():
         assert cmd[:3] == ["deepspeed", "--num_gpus", "8"] and "openrlhf_psr.cli.ray_train" not in cmd
 
@@ -65,17 +65,17 @@ def test_ray_train_hands_the_module_its_flags_unchanged():
 
 
 @pytest.mark.parametrize("name", ALL_RECIPES)
-def test_no_deepspeed_checkpoint_before_a_stage_ends_by_default(name, tmp_path):
+def test_no_deepspeed_checkpoint_before_a_stage_ends_by_default(name, tmp_path, recipe_data):
     # upstream: --ckpt.save_steps -1 saves no DeepSpeed checkpoint; the stage's model is saved at its end
-    commands = _training(RecipeRun(load_recipe(RECIPES / name), runs_dir=tmp_path))
+    commands = _training(RecipeRun(load_recipe(RECIPES / name, recipe_data), runs_dir=tmp_path))
     assert commands
     for stage, cmd in commands.items():
         assert _last(cmd, "--ckpt.save_steps") == "-1", (stage, cmd)
         assert "--ckpt.load_enable" in cmd  # a stage run with periodic checkpoints resumes from its last one
 
 
-def test_periodic_checkpoints_are_a_recipe_knob_and_openrlhf_flags_still_win(tmp_path):
-    overrides = ["cluster.sft.checkpoint_every=50", "cluster.dpo.checkpoint_every=5"]
+def test_periodic_checkpoints_are_a_recipe_knob_and_openrlhf_flags_still_win(tmp_path, recipe_data):
+    overrides = [*recipe_data, "cluster.sft.checkpoint_every=50", "cluster.dpo.checkpoint_every=5"]
     commands = _training(RecipeRun(load_recipe(RECIPES / "psr_qwen2.5_math_7b.yaml", overrides), runs_dir=tmp_path))
     assert _last(commands["sft"], "--ckpt.save_steps") == "50"
     assert {_last(c, "--ckpt.save_steps") for n, c in commands.items() if n != "sft"} == {"5"}
@@ -124,10 +124,10 @@ def test_ray_train_doctests():
     assert result.attempted >= 2 and result.failed == 0
 
 
-def test_the_dry_run_shows_the_cpu_rank_environment_only_where_run_sets_it(tmp_path):
+def test_the_dry_run_shows_the_cpu_rank_environment_only_where_run_sets_it(tmp_path, recipe_data):
     """``run`` sets the single-process CPU environment (``RANK=0 ...``) only for local stages; a ``ray job submit``
     command printed with it would tell the user something the job never gets."""
-    cpu = ["resources.num_gpus=0"]
+    cpu = ["resources.num_gpus=0", *recipe_data]
     ray_job = RecipeRun(load_recipe(RECIPES / "psr_qwen2.5_math_7b.yaml", cpu), runs_dir=tmp_path).dry_run()
     assert "ray job submit" in ray_job and "RANK=0" not in ray_job
     local = load_recipe(RECIPES / "psr_qwen2.5_math_7b.yaml", [*cpu, "resources.launcher=local"])

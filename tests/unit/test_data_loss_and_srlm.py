@@ -172,10 +172,10 @@ def test_srlm_scoring_eft_from_gsm8k(tmp_path):
         build([], ["srlm-nope:3"], seed=0)
 
 
-def test_srlm_recipe_trains_on_scoring_eft():
+def test_srlm_recipe_trains_on_scoring_eft(recipe_data):
     from openrlhf_psr.recipe import load_recipe
 
-    recipe = load_recipe(ROOT / "recipes" / "srlm_baseline_7b.yaml")
+    recipe = load_recipe(ROOT / "recipes" / "srlm_baseline_7b.yaml", recipe_data)
     assert recipe.psr.method == "srlm"
     assert recipe.data.eft and all(spec.startswith("srlm-") for spec in recipe.data.eft)
 

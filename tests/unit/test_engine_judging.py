@@ -97,7 +97,7 @@ def test_logit_judge_engine_backend_requires_an_engine_that_can_score():
         LogitJudge(engine=GenerateOnly(), backend="fast")
 
 
-def test_evaluation_builds_its_engine_through_the_recipes_generator_plugin(monkeypatch, tmp_path):
+def test_evaluation_builds_its_engine_through_the_recipes_generator_plugin(monkeypatch, tmp_path, recipe_data):
     """The paper recipes search *and* evaluate on OpenRLHF's engines: evaluation used to build an in-process vLLM
     engine whatever psr.generator said (7 of 8 GPUs idle, and a TP=1 engine for 72B without cluster.eval)."""
     from openrlhf_psr.cli.evaluate import build_engine
@@ -114,7 +114,7 @@ def test_evaluation_builds_its_engine_through_the_recipes_generator_plugin(monke
             return cls()
 
     for name, engines, tp in (("psr_qwen2.5_math_7b.yaml", 8, 1), ("psr_qwen2.5_math_72b.yaml", 2, 8)):
-        stages = {s.name: s for s in RecipeRun(load_recipe(RECIPES / name), runs_dir=tmp_path).plan()}
+        stages = {s.name: s for s in RecipeRun(load_recipe(RECIPES / name, recipe_data), runs_dir=tmp_path).plan()}
         for stage in ("eval_m0", "iter_1/eval", "iter_1/search"):
             generator = stages[stage].config["generator"]
             assert generator["name"] == "openrlhf_ray", (name, stage)

@@ -230,11 +230,11 @@ def test_writing_a_stage_config_does_not_change_the_stage_fingerprint(tmp_path):
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in RECIPES.glob("*.yaml")))
-def test_status_reads_back_from_the_manifest_the_stages_the_launcher_ran(tmp_path, name):
+def test_status_reads_back_from_the_manifest_the_stages_the_launcher_ran(tmp_path, name, recipe_data):
     """`status` rebuilds the run from the recipe its manifest recorded; that round trip must give the same stage
     commands and configs, or every finished stage reads as stale ("will rerun: changed since it ran") although
     a launch would skip it (the cluster section's engine settings once differed after the round trip)."""
-    launched = RecipeRun(load_recipe(RECIPES / name), runs_dir=tmp_path / "runs")
+    launched = RecipeRun(load_recipe(RECIPES / name, recipe_data), runs_dir=tmp_path / "runs")
     launched.root.mkdir(parents=True)
     launched.save_manifest(launched.load_manifest())
     reread = RecipeRun.from_folder(launched.root)

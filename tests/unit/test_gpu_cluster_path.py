@@ -9,18 +9,22 @@ import types
 from pathlib import Path
 
 import pytest
+import yaml
 
 from openrlhf_psr.cli.train_step_dpo import tree_mask_attention
 from openrlhf_psr.compat import loader
 from openrlhf_psr.compat.patching import PatchError
 from openrlhf_psr.launcher import RecipeRun
-from openrlhf_psr.recipe import BASE_DIR_ENV, load_recipe
+from openrlhf_psr.recipe import BASE_DIR_ENV, Recipe, load_recipe
 from openrlhf_psr.testing import CharTokenizer as _CharTokenizer
 
 pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = REPO / "recipes"
-GPU_RECIPES = sorted(p.name for p in RECIPES.glob("*.yaml") if load_recipe(p).resources.num_gpus > 0)
+# the schema alone (no data-file checks): collecting this module must not need ../shared/data
+GPU_RECIPES = sorted(
+    p.name for p in RECIPES.glob("*.yaml") if Recipe.model_validate(yaml.safe_load(p.read_text())).resources.num_gpus
+)
 
 
 def _values(cmd: list[str], flag: str) -> list[str]:
@@ -35,8 +39,10 @@ def test_there_are_gpu_recipes():
 
 
 @pytest.mark.parametrize("name", GPU_RECIPES)
-def test_step_dpo_command_of_every_gpu_recipe_asks_for_an_attention_that_applies_the_tree_mask(name, tmp_path):
-    run = RecipeRun(load_recipe(RECIPES / name), runs_dir=tmp_path)
+def test_step_dpo_command_of_every_gpu_recipe_asks_for_an_attention_that_applies_the_tree_mask(
+    name, tmp_path, recipe_data
+):
+    run = RecipeRun(load_recipe(RECIPES / name, recipe_data), runs_dir=tmp_path)
     dpo = [s for s in run.plan() if s.name.endswith("/dpo")]
     assert dpo
     for stage in dpo:
@@ -267,12 +273,12 @@ def test_search_and_generative_judge_name_the_problem_for_engine_pinning(tmp_pat
     assert [r.affinity for r in judge_engine.requests] == ["q1", "q1"]
 
 
-def test_eval_and_search_commands_get_the_engines_the_plan_checked(tmp_path):
+def test_eval_and_search_commands_get_the_engines_the_plan_checked(tmp_path, recipe_data):
     import argparse
 
     from openrlhf_psr.cli.evaluate import add_arguments, engine_settings, stage_config
 
-    run = RecipeRun(load_recipe(RECIPES / "psr_qwen2.5_math_72b.yaml"), runs_dir=tmp_path)
+    run = RecipeRun(load_recipe(RECIPES / "psr_qwen2.5_math_72b.yaml", recipe_data), runs_dir=tmp_path)
     stages = {s.name: s for s in run.plan()}
     stages["eval_m0"].write_config()
     evaluate = stages["eval_m0"].command
@@ -282,7 +288,7 @@ def test_eval_and_search_commands_get_the_engines_the_plan_checked(tmp_path):
     assert engine_settings(stage_config(args))["tensor_parallel_size"] == 8  # 145 GB of weights cannot go on one GPU
     assert stages["iter_1/search"].config["generator"]["settings"]["tensor_parallel_size"] == 8
     # the cluster section's engines x TP reach upstream's engines (openrlhf_ray)
-    overrides = ["psr.generator={name: openrlhf_ray, settings: {}}", "cluster.search.engines=4",
+    overrides = [*recipe_data, "psr.generator={name: openrlhf_ray, settings: {}}", "cluster.search.engines=4",
                  "cluster.search.tensor_parallel_size=4", "cluster.eval.tensor_parallel_size=4"]  # fmt: skip
     run = RecipeRun(load_recipe(RECIPES / "psr_qwen2.5_math_72b.yaml", overrides), runs_dir=tmp_path)
     stages = {s.name: s for s in run.plan()}

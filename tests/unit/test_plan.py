@@ -93,8 +93,8 @@ def test_7b_vllm_tp1_kv_cache_by_hand():
     assert p.fits and "8 engine(s) x TP 1" in p.notes[0]
 
 
-def test_72b_on_its_stated_hardware_by_hand():
-    recipe = load_recipe(RECIPES / "psr_qwen2.5_math_72b.yaml")
+def test_72b_on_its_stated_hardware_by_hand(recipe_data):
+    recipe = load_recipe(RECIPES / "psr_qwen2.5_math_72b.yaml", recipe_data)
     phi = 72_706_203_648
     plans = plan_recipe(recipe)
     assert all(p.fits for p in plans), [p.refusals for p in plans]
@@ -119,10 +119,10 @@ def test_72b_on_its_stated_hardware_by_hand():
     assert KNOWN_SHAPES["qwen2.5-math-72b"].kv_bytes_per_token(8) == 2 * 80 * 1 * 128 * 2
 
 
-def test_72b_as_it_was_is_refused_with_the_knobs_to_turn():
+def test_72b_as_it_was_is_refused_with_the_knobs_to_turn(recipe_data):
     """The 72B recipe's old settings: one node, DPO at ZeRO-3 without Adam offload, cached reference."""
     recipe = load_recipe(RECIPES / "psr_qwen2.5_math_72b.yaml", [
-        "cluster.nodes=1", "cluster.dpo.adam_offload=false", "psr.trainer.settings={}"])  # fmt: skip
+        *recipe_data, "cluster.nodes=1", "cluster.dpo.adam_offload=false", "psr.trainer.settings={}"])  # fmt: skip
     plans = {p.stage: p for p in plan_recipe(recipe)}
     dpo = plans["dpo"]
     # 16 bytes per parameter over 8 GPUs: 2 * 72.7e9 = 145.4 GB of states per GPU before anything else
@@ -148,8 +148,8 @@ def test_zero2_and_vllm_refusals_name_their_knobs():
     assert "lower cluster.eval.tensor_parallel_size" in p.refusals[0]
 
 
-def test_upstream_flags_win_over_the_cluster_section():
-    recipe = load_recipe(RECIPES / "psr_qwen2.5_math_7b.yaml", ['openrlhf.dpo={"--ds.zero_stage": 1}'])
+def test_upstream_flags_win_over_the_cluster_section(recipe_data):
+    recipe = load_recipe(RECIPES / "psr_qwen2.5_math_7b.yaml", [*recipe_data, 'openrlhf.dpo={"--ds.zero_stage": 1}'])
     assert plan_module.training_settings(recipe, "dpo").zero_stage == 1
     assert plan_module.training_settings(recipe, "sft").zero_stage == 3
 
@@ -171,14 +171,15 @@ def test_model_shape_from_local_config_and_unknown_models(tmp_path):
 
 
 @pytest.mark.parametrize("name", [*GPU_RECIPES, "tiny_cpu.yaml"])
-def test_every_recipe_fits_its_stated_hardware(name, capsys):
-    args = argparse.Namespace(recipe=str(RECIPES / name), set=[])
+def test_every_recipe_fits_its_stated_hardware(name, capsys, recipe_data):
+    args = argparse.Namespace(recipe=str(RECIPES / name), set=recipe_data)
     assert plan_cli.run(args) == 0, capsys.readouterr()
     assert "every stage fits" in capsys.readouterr().out
 
 
-def test_cli_exit_codes(capsys):
-    args = argparse.Namespace(recipe=str(RECIPES / "psr_qwen2.5_math_72b.yaml"), set=["cluster.gpu_memory_gb=40"])
+def test_cli_exit_codes(capsys, recipe_data):
+    recipe = str(RECIPES / "psr_qwen2.5_math_72b.yaml")
+    args = argparse.Namespace(recipe=recipe, set=[*recipe_data, "cluster.gpu_memory_gb=40"])
     assert plan_cli.run(args) == 1
     out = capsys.readouterr()
     assert "DOES NOT FIT" in out.out and "cannot fit" in out.err
