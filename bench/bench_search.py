@@ -159,7 +159,7 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument(
         "--compile", action="store_true",
-        help="build the engines with enforce_eager=False (torch.compile, ~80-95 s warm-up per engine on CPU, not timed) "
+        help="build the engines with enforce_eager=False (torch.compile, ~80-95 s warm-up per CPU engine, not timed) "
         "instead of create_llm's CPU default of eager mode; the transformers judge stays eager, as it runs today",
     )  # fmt: skip
     args = parser.parse_args()
