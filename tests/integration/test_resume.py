@@ -59,6 +59,20 @@ def _weights(model_dir: Path) -> dict:
     return {k: v for f in sorted(model_dir.glob("*.safetensors")) for k, v in load_file(f).items()}
 
 
+def assert_same_training(name: str, initial, straight, resumed, tolerance: float = 0.05) -> None:
+    """``resumed`` is ``straight`` up to rounding: the two differ by at most ``tolerance`` of how far training moved
+    the tensor. Bitwise equality is what this machine gives (6 runs), but the CI machine once differed in one
+    bf16 ulp of ``lm_head.weight`` (kernel-level nondeterminism there); a real resume fault, e.g. samples 0-7
+    replayed instead of 8-15 (another data order), differs by 1.1-1.5 times the movement in ~98% of elements."""
+    moved = (straight.float() - initial.float()).norm().item()
+    apart = (resumed.float() - straight.float()).norm().item()
+    differing = (resumed != straight).float().mean().item()
+    assert apart <= tolerance * moved, (
+        f"{name}: the resumed model differs from the uninterrupted one by {apart:.4g} (L2; {differing:.1%} of "
+        f"elements), more than {tolerance:.0%} of how far training moved it ({moved:.4g})"
+    )
+
+
 def test_dpo_killed_inside_a_checkpoint_write_resumes_from_the_last_complete_one(tiny_model, tmp_path):
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in builtin_step_pairs(16)))  # 4 steps of 4 pairs
@@ -84,8 +98,10 @@ def test_dpo_killed_inside_a_checkpoint_write_resumes_from_the_last_complete_one
     # the same model as the uninterrupted run, and only the last whole checkpoint is kept
     straight_weights, resumed_weights = _weights(tmp_path / "straight" / "model"), _weights(root / "model")
     assert straight_weights.keys() == resumed_weights.keys()
+    initial = _weights(Path(tiny_model))
     for name, tensor in straight_weights.items():
-        assert tensor.equal(resumed_weights[name]), name
+        assert_same_training(name, initial.get(name, initial["model.embed_tokens.weight"]), tensor,
+                             resumed_weights[name])  # fmt: skip
     assert sorted(p.name for p in ckpt.iterdir() if p.is_dir()) == ["global_step4"]
     assert (ckpt / "global_step4" / MARKER).is_file() and (ckpt / "latest").read_text() == "global_step4"
 
