@@ -17,8 +17,9 @@ One recipe, the ordinary launcher, several runs under ``--runs-dir``:
 
    Only the ``self`` arm keeps the recipe's judge sets (its judge accuracy per iteration); the others skip them.
 3. The comparison (``--out``: ``evidence.md``, ``evidence.json``, ``evidence.png``): accuracy of every model on the
-   held-out benchmarks with Wilson 95% intervals, each arm's final gain over M1, judge accuracy per iteration, and
-   for every arm's training pairs how often the oracle agrees that the chosen step is the better one.
+   held-out benchmarks with Wilson 95% intervals, each arm's final gain over M1 with a paired test on the same
+   problems (how many answers went wrong -> right and right -> wrong, McNemar's exact p), judge accuracy per
+   iteration, and for every arm's training pairs how often the oracle agrees that the chosen step is the better one.
 
 Every run resumes like any recipe run, so an interrupted evidence run continues where it stopped; ``--report-only``
 rebuilds the comparison from finished runs. ``--set`` overrides apply to every run (e.g. a smaller size).
@@ -145,6 +146,29 @@ def _gain(first: dict | None, last: dict | None) -> dict | None:
     return {"points": 100 * (last["value"] - first["value"]), "intervals_disjoint": disjoint}
 
 
+def correct_by_problem(run: Path, label: str, benchmark: str) -> dict | None:
+    """``{problem id: correct}`` of model ``label`` (``"M2"``) on ``benchmark`` from its eval.json records (a record
+    without an id is keyed by its position: one benchmark spec always lists its problems in the same order); None
+    when the evaluation kept no records."""
+    from openrlhf_psr.io import read_json
+    from openrlhf_psr.layout import RunLayout
+
+    result = read_json(RunLayout(run).eval_result(int(label.removeprefix("M"))), "an evaluation result (eval.json)")
+    records = (result.get("benchmarks") or {}).get(benchmark, {}).get("records")
+    if not isinstance(records, list):
+        return None
+    return {r.get("id", k): bool(r["correct"]) for k, r in enumerate(records)
+            if isinstance(r, dict) and r.get("correct") is not None}  # fmt: skip
+
+
+def _paired(base: Path, run: Path, last: str, benchmark: str) -> dict | None:
+    """Final model against M1 on the problems both answered: :func:`openrlhf_psr.eval.stats.paired_change`."""
+    from openrlhf_psr.eval.stats import paired_change
+
+    before, after = correct_by_problem(base, "M1", benchmark), correct_by_problem(run, last, benchmark)
+    return None if before is None or after is None else paired_change(before, after)
+
+
 def compare(base: Path, arms: dict[str, Path], seconds: dict[str, float] | None = None) -> dict:
     """The evidence summary from finished runs (the base run and one run per arm)."""
     base_summary = _summary(base)
@@ -169,6 +193,7 @@ def compare(base: Path, arms: dict[str, Path], seconds: dict[str, float] | None 
             "models": models,
             "final": last,
             "gain": {b: _gain(m1["accuracy_ci95"].get(b), models[last]["accuracy_ci95"].get(b)) for b in benchmarks},
+            "paired": {b: _paired(base, run, last, b) for b in benchmarks} if last != "M1" else {},
             "search": summary["search"],
             "oracle_agreement": {it: oracle_agreement(run / it / "search") for it in summary["search"]},
         }
@@ -179,21 +204,27 @@ def _markdown(result: dict) -> str:
     benchmarks, arms = result["benchmarks"], result["arms"]
     md = ["# Evidence: does the loop improve the model?", ""]
     md += [f"M1 = `{result['base']}/sft/model`, shared by every arm. Accuracy in %, greedy, "
-           "[Wilson 95% interval] (n).", ""]  # fmt: skip
+           "[Wilson 95% interval] (n). Paired on the same problems, M1 -> the arm's final model: answers that went "
+           "wrong -> right / right -> wrong, and McNemar's exact p (two-sided) that the two are equally likely.",
+           ""]  # fmt: skip
     if result.get("command"):
         md += [f"Command: `{result['command']}`", ""]
     for b in benchmarks:
         depth = max((len(a["models"]) for a in arms.values()), default=1)
-        header = ["arm", *(f"M{k}" for k in range(1, depth + 1)), "gain (points)", "intervals disjoint"]
+        header = ["arm", *(f"M{k}" for k in range(1, depth + 1)), "gain (points)", "intervals disjoint",
+                  "wrong->right / right->wrong", "McNemar p"]  # fmt: skip
         rows = []
         if result.get("M0"):
-            rows.append(["M0 (before SFT)", _cell(result["M0"]["accuracy_ci95"].get(b)), *[""] * (depth + 1)])
+            rows.append(["M0 (before SFT)", _cell(result["M0"]["accuracy_ci95"].get(b)), *[""] * (depth + 3)])
         for arm, a in arms.items():
             cells = [_cell(m["accuracy_ci95"].get(b)) for m in a["models"].values()]
             gain = a["gain"].get(b) or {}
             disjoint = {True: "yes", False: "no", None: "-"}[gain.get("intervals_disjoint")]
             points = f"{gain['points']:+.1f}" if gain else "-"
-            rows.append([arm, *cells, *[""] * (depth - len(cells)), points, disjoint])
+            paired = (a.get("paired") or {}).get(b)
+            changes = f"{paired['gained']} / {paired['lost']} (of {paired['n']})" if paired else "-"
+            p_value = f"{paired['p_value']:.2g}" if paired else "-"
+            rows.append([arm, *cells, *[""] * (depth - len(cells)), points, disjoint, changes, p_value])
         md += [f"## Accuracy on {b}", "", _table(header, rows), ""]
     oracle = arms.get("oracle", {}).get("gain", {})
     selfish = arms.get("self", {}).get("gain", {})
@@ -270,7 +301,8 @@ def _plot(result: dict, path: Path) -> None:
         axes[1].axhline(50, color="grey", linestyle=":", linewidth=1)
     axes[1].set(title="self judge accuracy (%, Wilson 95%)", xlabel="model M(k)")
     for ax in axes:
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # a run without judge sets leaves the judge panel empty
+            ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -73,13 +73,30 @@ def test_gains_over_the_shared_m1_with_disjoint_intervals(tmp_path):
     assert random_arm["oracle_agreement"]["iter_2"]["disagree"] == 2
     out = evidence.write(result, tmp_path / "out")
     text = out.read_text()
-    row = "| oracle | 20.0 [15.9, 24.9] (300) | 30.0 [25.1, 35.4] (300) | 40.0 [34.6, 45.6] (300) | +20.0 | yes |"
+    row = ("| oracle | 20.0 [15.9, 24.9] (300) | 30.0 [25.1, 35.4] (300) | 40.0 [34.6, 45.6] (300) | +20.0 | yes "
+           "| 60 / 0 (of 300) | 1.7e-18 |")  # fmt: skip
     assert row in text
+    assert "| random | 20.0 [15.9, 24.9] (300) |" in text and "| +1.0 | no | 3 / 0 (of 300) | 0.25 |" in text
     assert "self gain / oracle gain = 0.33" in text
     assert "| self | M3 | logit/builtin | 80.0" in text  # the self judge per iteration
     assert "| self | M1 | logit/builtin | 60.0" in text  # ... from M1 on
     assert (tmp_path / "out" / "evidence.png").stat().st_size > 0
     assert json.loads((tmp_path / "out" / "evidence.json").read_text())["arms"]["self"]["final"] == "M3"
+
+
+def test_the_paired_test_counts_changed_answers_by_problem_id_not_by_position(tmp_path):
+    """Two models that each solve 50% of the same four problems but different ones: no gain by accuracy, and the
+    paired counts see the two answers that flipped each way (M2's records come in another order)."""
+    base, run = tmp_path / "ev", tmp_path / "ev-oracle"
+    m1 = [{"id": i, "correct": ok} for i, ok in (("a", True), ("b", True), ("c", False), ("d", False))]
+    m2 = [{"id": i, "correct": ok} for i, ok in (("d", True), ("c", True), ("b", False), ("a", False), ("e", True))]
+    metrics = {"accuracy": 0.5, "boxed_rate": 1.0, "step_marker_rate": 1.0, "mean_steps": 3.0, "mean_step_tokens": 2}
+    _write(base / "sft" / "eval", {"benchmarks": {"arith": {"metrics": metrics, "records": m1}}, "judges": {}})
+    _write(run / "iter_1" / "eval", {"benchmarks": {"arith": {"metrics": metrics, "records": m2}}, "judges": {}})
+    _search(run, 1, [_pair(True)])
+    arm = evidence.compare(base, {"oracle": run})["arms"]["oracle"]
+    assert arm["gain"]["arith"]["points"] == 0
+    assert arm["paired"]["arith"] == {"n": 4, "gained": 2, "lost": 2, "p_value": 1.0}  # "e" is not M1's
 
 
 def test_report_only_keeps_the_wall_times_and_command_of_the_run(tmp_path, monkeypatch, capsys):

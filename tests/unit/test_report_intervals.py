@@ -52,3 +52,12 @@ def test_wilson_interval_rejects_impossible_counts_and_doctests():
     with pytest.raises(ValueError, match="within"):
         wilson_interval(5, 4)
     assert doctest.testmod(stats).failed == 0
+
+
+def test_mcnemar_exact_is_the_two_sided_binomial_test_on_the_changed_answers():
+    from math import comb
+
+    assert stats.mcnemar_exact(10, 2) == stats.mcnemar_exact(2, 10) == 2 * sum(comb(12, k) for k in range(3)) / 2**12
+    assert stats.mcnemar_exact(6, 0) == 2 / 2**6 and stats.mcnemar_exact(6, 5) == 1.0  # never above 1
+    with pytest.raises(ValueError, match="counts must be >= 0"):
+        stats.mcnemar_exact(-1, 3)
