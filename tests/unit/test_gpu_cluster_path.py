@@ -227,6 +227,19 @@ def test_openrlhf_ray_joins_a_running_cluster_without_declaring_resources():
     assert (local["num_cpus"], local["num_gpus"]) == (2, 1)
 
 
+def test_openrlhf_ray_keeps_per_request_seeds_when_the_engines_are_on_gpu_and_the_driver_is_not(monkeypatch):
+    """A Ray job's entrypoint on a CPU-only head node drives GPU engines: the seeds follow the engines' platform
+    (asked of the actor), not the driver's CUDA (the old check: this machine has none, so seeds were dropped)."""
+    from openrlhf_psr.engines import openrlhf_ray
+
+    asked = []
+    monkeypatch.setattr(openrlhf_ray, "vllm_on_cpu", lambda actor: asked.append(actor) or actor == "cpu-engine")
+    assert openrlhf_ray.OpenRLHFRayEngine(["gpu-engine", "gpu-engine"], tokenizer=None).per_request_seeds is True
+    assert asked == ["gpu-engine"]  # one actor asked: an engine group shares its platform
+    assert openrlhf_ray.OpenRLHFRayEngine(["cpu-engine"], tokenizer=None).per_request_seeds is False
+    assert openrlhf_ray.OpenRLHFRayEngine(["cpu-engine"], tokenizer=None, per_request_seeds=True).per_request_seeds
+
+
 def test_openrlhf_ray_pins_every_request_of_a_problem_to_one_engine():
     from openrlhf_psr.engines.base import SampleRequest
     from openrlhf_psr.engines.openrlhf_ray import engine_index
