@@ -161,14 +161,6 @@ def correct_by_problem(run: Path, label: str, benchmark: str) -> dict | None:
             if isinstance(r, dict) and r.get("correct") is not None}  # fmt: skip
 
 
-def _paired(base: Path, run: Path, last: str, benchmark: str) -> dict | None:
-    """Final model against M1 on the problems both answered: :func:`openrlhf_psr.eval.stats.paired_change`."""
-    from openrlhf_psr.eval.stats import paired_change
-
-    before, after = correct_by_problem(base, "M1", benchmark), correct_by_problem(run, last, benchmark)
-    return None if before is None or after is None else paired_change(before, after)
-
-
 def compare(base: Path, arms: dict[str, Path], seconds: dict[str, float] | None = None) -> dict:
     """The evidence summary from finished runs (the base run and one run per arm)."""
     base_summary = _summary(base)
@@ -184,16 +176,23 @@ def compare(base: Path, arms: dict[str, Path], seconds: dict[str, float] | None 
     result: dict = {"base": str(base), "benchmarks": benchmarks, "seconds": seconds, "arms": {}}
     result["M0"] = base_summary["models"].get("M0")
     result["M1"] = m1
+    from openrlhf_psr.eval.stats import paired_change
+
+    m1_correct = {b: correct_by_problem(base, "M1", b) for b in benchmarks}  # read once, paired with every arm
     for arm, run in arms.items():
         summary = _summary(run)
         models = {"M1": m1, **{k: v for k, v in summary["models"].items() if k not in ("M0", "M1")}}
         last = list(models)[-1]
+        paired = {}  # M1 -> the final model on the problems both answered
+        for b in benchmarks if last != "M1" else ():
+            final = correct_by_problem(run, last, b)
+            paired[b] = None if m1_correct[b] is None or final is None else paired_change(m1_correct[b], final)
         result["arms"][arm] = {
             "run": str(run),
             "models": models,
             "final": last,
             "gain": {b: _gain(m1["accuracy_ci95"].get(b), models[last]["accuracy_ci95"].get(b)) for b in benchmarks},
-            "paired": {b: _paired(base, run, last, b) for b in benchmarks} if last != "M1" else {},
+            "paired": paired,
             "search": summary["search"],
             "oracle_agreement": {it: oracle_agreement(run / it / "search") for it in summary["search"]},
         }

@@ -165,7 +165,7 @@ class OpenRLHFRayEngine(Engine):
             # does not expose enable_chunked_prefill: on CPU the engines' own seeds are used instead. Asked of the
             # engines, not of this process: a driver without CUDA (a Ray job on a CPU head node) still drives GPU
             # engines, whose requests keep their seeds.
-            per_request_seeds = not any(vllm_on_cpu(engine) for engine in self.engines[:1])
+            per_request_seeds = not (self.engines and vllm_on_cpu(self.engines[0]))  # one group, one platform
         self.per_request_seeds = per_request_seeds
 
     @classmethod
