@@ -65,7 +65,9 @@ DS_BUILD_OPS=0 "${PIP[@]}" -c "$CONSTRAINTS" \
 # 5. warm the caches the tests and the main job would otherwise pay for: DeepSpeed's CPU ops (compiled once into
 #    the torch extensions folder) and the default model's safetensors conversion.
 log "prebuilding DeepSpeed CPU ops and converting the default model (once)"
-"$PY" -m openrlhf_psr.cli.prepare
+# The venv's bin first on PATH, as the tests have it: torch builds with the first `ninja` there, and the venv's and a
+# system ninja hash build commands differently (each switch between them rebuilds every op).
+PATH="$VENV/bin:$PATH" "$PY" -m openrlhf_psr.cli.prepare
 
 echo "$want_stamp" > "$STAMP"
 log "done: $VENV"

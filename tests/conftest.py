@@ -16,6 +16,11 @@ SHARED_DATA = Path(os.environ.get("PSR_SHARED_DATA", REPO.parent / "shared" / "d
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# This environment's bin dir first on PATH for every process the tests start: torch builds DeepSpeed's CPU ops with
+# the first `ninja` on PATH, and the venv's (1.13, from pip) and a system one (1.11) hash build commands differently,
+# so processes that alternate between them rebuild fused_adam and the shm comm op (30-110 s each time) on every switch.
+os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+
 
 def python() -> str:
     """The interpreter of this environment (subprocess tests must use the same one, with its .pth)."""
