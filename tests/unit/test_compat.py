@@ -47,11 +47,12 @@ def test_bad_mode_is_a_clear_error():
 
 def test_patches_exist_and_name_upstream_modules():
     files = compat.patch_files()
-    assert [f.name[:4] for f in files] == ["0001", "0002", "0003", "0004"]
+    assert [f.name[:4] for f in files] == ["0001", "0002", "0003", "0004", "0005"]
     modules = loader.target_modules()
     assert modules == [
         "openrlhf.cli.train_sft",
         "openrlhf.models.ring_attn_utils",
+        "openrlhf.trainer.ray.vllm_engine",
         "openrlhf.utils.deepspeed.deepspeed",
         "openrlhf.utils.distributed_util",
     ]
