@@ -359,9 +359,21 @@ class RecipeRun:
             text = f"memory plan unavailable: {exc}"
         return "\n".join(f"# {line}" if line else "#" for line in ("memory plan", *text.splitlines()))
 
-    def dry_run(self) -> str:
+    def stages_until(self, until: str | None) -> list[Stage]:
+        """The planned stages, up to and including the one named ``until`` (all of them when None)."""
+        from openrlhf_psr.errors import UserError
+
+        stages = self.plan()
+        if until is None:
+            return stages
+        names = [stage.name for stage in stages]
+        if until not in names:
+            raise UserError(f"--until {until}: expected one of this recipe's stages: {', '.join(names)}")
+        return stages[: names.index(until) + 1]
+
+    def dry_run(self, until: str | None = None) -> str:
         lines = [self.memory_plan()]
-        for stage in self.plan():
+        for stage in self.stages_until(until):
             env = " ".join(f"{k}={shlex.quote(v)}" for k, v in {**self.recipe.resources.env, **stage.env}.items())
             prefix = "DS_ACCELERATOR=cpu MASTER_ADDR=127.0.0.1 MASTER_PORT=<free> RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 "
             local_cpu = self.recipe.resources.num_gpus == 0 and self.recipe.resources.launcher == "local"
@@ -370,13 +382,16 @@ class RecipeRun:
             lines.append(f"# {stage.name}\n{config}{(env + ' ') if env else ''}{prefix}{shlex.join(self.wrap(stage))}")
         return "\n\n".join(lines)
 
-    def run(self, *, progress=print) -> dict:
+    def run(self, *, progress=print, until: str | None = None) -> dict:
+        """Run every stage in order (up to ``until``, a stage name, when given), skipping or resuming what the
+        manifest says is done or interrupted."""
         from openrlhf_psr.preflight import cpu_distributed_env
 
+        stages = self.stages_until(until)  # an unknown --until is refused before anything is written
+        total = len(self.plan())
         self.root.mkdir(parents=True, exist_ok=True)
         manifest = self.load_manifest()
         manifest["recipe"] = self.recipe.model_dump(mode="json")
-        stages = self.plan()
         hasher = self._hasher()
         upstream, ran = None, False  # the earliest stage rerun from scratch that later ones build on; anything ran
         for k, stage in enumerate(stages, 1):
@@ -388,23 +403,23 @@ class RecipeRun:
                 if "fingerprint" not in record:  # a manifest from before fingerprints: adopt the current one
                     record["fingerprint"] = fingerprint
                     self.save_manifest(manifest)
-                progress(f"[{k}/{len(stages)}] {stage.name}: done, skipped")
+                progress(f"[{k}/{total}] {stage.name}: done, skipped")
                 continue
             if action == "restart":
                 removed = self._clear_outputs(stage)
                 gone = f"; removed {', '.join(removed)}" if removed else ""
-                progress(f"[{k}/{len(stages)}] {stage.name}: rerunning from scratch: {reason}{gone}")
+                progress(f"[{k}/{total}] {stage.name}: rerunning from scratch: {reason}{gone}")
                 if stage.feeds_later and upstream is None:
                     upstream = stage.name
                 record.clear()
             ran = True
-            progress(f"[{k}/{len(stages)}] {stage.name}: {'resuming' if action == 'resume' else 'running'} "
+            progress(f"[{k}/{total}] {stage.name}: {'resuming' if action == 'resume' else 'running'} "
                      f"(log: {stage.log})")  # fmt: skip
             stage.write_config()  # after any clearing: the config lives in the stage's output folder
             record.pop("exit_code", None)  # a failed attempt's code would otherwise outlive this one's success
             record.update(state="running", command=self.wrap(stage), started=time.time(), fingerprint=fingerprint)
             self.save_manifest(manifest)
-            env = {**os.environ, **self.recipe.resources.env, **stage.env}
+            env = stage_env(self.python, os.environ, self.recipe.resources.env, stage.env)
             if stage.distributed and self.recipe.resources.num_gpus == 0 and self.recipe.resources.launcher == "local":
                 env = cpu_distributed_env(port=None, base={k: v for k, v in env.items() if k != "MASTER_PORT"})
             stage.log.parent.mkdir(parents=True, exist_ok=True)
@@ -424,8 +439,35 @@ class RecipeRun:
                 raise StageFailed(stage.name, code, str(stage.log), tail)
             record.update(state="done", finished=time.time(), seconds=time.perf_counter() - start)
             self.save_manifest(manifest)
-            progress(f"[{k}/{len(stages)}] {stage.name}: done in {time.perf_counter() - start:.0f}s")
+            progress(f"[{k}/{total}] {stage.name}: done in {time.perf_counter() - start:.0f}s")
+        if until is not None and len(stages) < total:
+            progress(f"stopped after {until} (--until): {total - len(stages)} stage(s) left; run again without "
+                     "--until to go on")  # fmt: skip
         return manifest
+
+
+def stage_env(python: str, base: dict, *overrides: dict) -> dict:
+    """A stage process's environment: ``base`` with the recipe's and the stage's variables, and the stage
+    interpreter's own bin folder first on ``PATH`` when it is a path (a local run).
+
+    Why the bin folder: the stage's tools (``deepspeed``, and ``ninja``, with which torch builds DeepSpeed's CPU ops)
+    must come from the environment the stage runs in. Another ``ninja`` first on the user's ``PATH`` hashes build
+    commands differently and makes every op rebuild (30-110 s each) whenever processes of the two kinds alternate.
+
+    >>> env = stage_env("/opt/venv/bin/python", {"PATH": "/usr/bin", "A": "1"}, {"A": "2"})
+    >>> env["PATH"].split(os.pathsep), env["A"]
+    (['/opt/venv/bin', '/usr/bin'], '2')
+    >>> stage_env("python", {"PATH": "/usr/bin"})["PATH"]  # a Ray job's workers: their own interpreter
+    '/usr/bin'
+    """
+    env = dict(base)
+    for extra in overrides:
+        env.update(extra)
+    if os.path.isabs(python):
+        bin_dir = os.path.dirname(python)
+        parts = [p for p in env.get("PATH", "").split(os.pathsep) if p and p != bin_dir]
+        env["PATH"] = os.pathsep.join([bin_dir, *parts])
+    return env
 
 
 def _progress_every() -> float:

@@ -5,7 +5,8 @@ Before the first stage, and alone with ``--dry-run``, a preflight checks everyth
 model: the recipe (schema, plugin names and settings, evaluation judges), every local data source opened and read in
 full (its first bad row named), ``stages.prompts_per_iteration`` against the problems available, the run folder
 inside ``--runs-dir``, and the launch resources. All problems found are listed, one line each (exit status 2).
-``--dry-run`` then prints every stage's exact command.
+``--dry-run`` then prints every stage's exact command. ``--until STAGE`` stops after that stage (M1 alone, or a
+search's pairs to look at before step DPO trains on them); the manifest keeps what ran, so a later run goes on.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="override a recipe field (the value is YAML), repeatable")  # fmt: skip
     parser.add_argument("--runs-dir", default="runs", help="runs go to RUNS_DIR/<name>/ (default: runs)")
     parser.add_argument("--dry-run", action="store_true", help="preflight, print each stage's command, run nothing")
+    parser.add_argument("--until", default=None, metavar="STAGE",
+                        help="stop after this stage (e.g. sft, iter_1/search); a later run without it goes on from "
+                        "there")  # fmt: skip
 
 
 def prepare(recipe_path: str, overrides: list[str], runs_dir: str):
@@ -46,13 +50,13 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print("\n".join(f"# preflight: {note}" for note in notes + ["no problems found"]))
         print()
-        print(recipe_run.dry_run())
+        print(recipe_run.dry_run(until=getattr(args, "until", None)))
         return 0
     for note in notes:
         print(f"preflight: {note}")
-    recipe_run.run()
+    recipe_run.run(until=getattr(args, "until", None))
     summary = recipe_run.layout.report_markdown()
-    if summary.is_file():
+    if summary.is_file() and not getattr(args, "until", None):
         print(summary.read_text())
     print(f"run directory: {recipe_run.root}")
     return 0

@@ -47,8 +47,8 @@ def tiny_recipe(tmp_path: Path, tiny_model: str, name: str, judge: str, **over) 
     return path
 
 
-def _run(recipe: Path, runs: Path, timeout=1200) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "openrlhf_psr.cli.main", "run", str(recipe), "--runs-dir", str(runs)]
+def _run(recipe: Path, runs: Path, *extra: str, timeout=1200) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "openrlhf_psr.cli.main", "run", str(recipe), "--runs-dir", str(runs), *extra]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
@@ -155,9 +155,15 @@ JUDGE_MODULE = textwrap.dedent(
 )
 
 
-def _assert_longer_chosen(run: Path):
+def _assert_longer_chosen(proc: subprocess.CompletedProcess, run: Path):
+    assert proc.returncode == 0, proc.stderr[-4000:]
     pairs = list(ShardStore(run / "iter_1" / "search").read("pairs"))
     assert pairs and all(len(p["chosen"].strip()) >= len(p["rejected"].strip()) for p in pairs)
+    # --until iter_1/search: the judge's pairs are written, nothing trained on them yet
+    assert "stopped after iter_1/search (--until)" in proc.stdout, proc.stdout
+    stages = json.loads((run / "manifest.json").read_text())["stages"]
+    assert stages["iter_1/search"]["state"] == "done" and "iter_1/dpo" not in stages
+    assert not (run / "iter_1" / "model").exists()
 
 
 def test_third_party_judges_by_entry_point_and_by_module_attr(tiny_model, tmp_path):
@@ -182,9 +188,8 @@ def test_third_party_judges_by_entry_point_and_by_module_attr(tiny_model, tmp_pa
 
         assert "longer_step" in JUDGES.names()
         runs = tmp_path / "runs"
-        proc = _run(tiny_recipe(tmp_path, tiny_model, "entrypoint", "longer_step"), runs)
-        assert proc.returncode == 0, proc.stderr[-4000:]
-        _assert_longer_chosen(runs / "entrypoint")
+        proc = _run(tiny_recipe(tmp_path, tiny_model, "entrypoint", "longer_step"), runs, "--until", "iter_1/search")
+        _assert_longer_chosen(proc, runs / "entrypoint")
     finally:
         subprocess.run([sys.executable, "-m", "pip", "uninstall", "-y", "-q", "psr-thirdparty-judge"], timeout=300)
 
@@ -192,9 +197,8 @@ def test_third_party_judges_by_entry_point_and_by_module_attr(tiny_model, tmp_pa
     (tmp_path / "local_judges.py").write_text(JUDGE_MODULE)
     recipe = tiny_recipe(tmp_path, tiny_model, "moduleattr", "local_judges:LongerStepJudge",
                          env={"PYTHONPATH": str(tmp_path)})  # fmt: skip
-    proc = _run(recipe, tmp_path / "runs")
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    _assert_longer_chosen(tmp_path / "runs" / "moduleattr")
+    proc = _run(recipe, tmp_path / "runs", "--until", "iter_1/search")
+    _assert_longer_chosen(proc, tmp_path / "runs" / "moduleattr")
 
 
 def _flags(command: list[str]) -> set[str]:
