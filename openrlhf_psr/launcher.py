@@ -359,21 +359,22 @@ class RecipeRun:
             text = f"memory plan unavailable: {exc}"
         return "\n".join(f"# {line}" if line else "#" for line in ("memory plan", *text.splitlines()))
 
-    def stages_until(self, until: str | None) -> list[Stage]:
-        """The planned stages, up to and including the one named ``until`` (all of them when None)."""
+    def stages_until(self, until: str | None) -> tuple[list[Stage], int]:
+        """The planned stages up to and including the one named ``until`` (all of them when None), and how many
+        stages the whole plan has."""
         from openrlhf_psr.errors import UserError
 
         stages = self.plan()
         if until is None:
-            return stages
+            return stages, len(stages)
         names = [stage.name for stage in stages]
         if until not in names:
             raise UserError(f"--until {until}: expected one of this recipe's stages: {', '.join(names)}")
-        return stages[: names.index(until) + 1]
+        return stages[: names.index(until) + 1], len(stages)
 
     def dry_run(self, until: str | None = None) -> str:
         lines = [self.memory_plan()]
-        for stage in self.stages_until(until):
+        for stage in self.stages_until(until)[0]:
             env = " ".join(f"{k}={shlex.quote(v)}" for k, v in {**self.recipe.resources.env, **stage.env}.items())
             prefix = "DS_ACCELERATOR=cpu MASTER_ADDR=127.0.0.1 MASTER_PORT=<free> RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 "
             local_cpu = self.recipe.resources.num_gpus == 0 and self.recipe.resources.launcher == "local"
@@ -387,8 +388,7 @@ class RecipeRun:
         manifest says is done or interrupted."""
         from openrlhf_psr.preflight import cpu_distributed_env
 
-        stages = self.stages_until(until)  # an unknown --until is refused before anything is written
-        total = len(self.plan())
+        stages, total = self.stages_until(until)  # an unknown --until is refused before anything is written
         self.root.mkdir(parents=True, exist_ok=True)
         manifest = self.load_manifest()
         manifest["recipe"] = self.recipe.model_dump(mode="json")

