@@ -5,7 +5,8 @@ Four templates, all plain ``str.format`` templates with named fields:
 - :data:`STEP_PROMPT` (policy): asks for a ``Step n:`` solution of ``{problem}``.
 - :data:`SEGMENT_PROMPT` (IFT construction): re-segments a reference ``{solution}`` of ``{question}`` into steps.
 - :data:`JUDGE_PROMPT` (the model as its own step judge): compares ``{step_a}`` and ``{step_b}`` as the next step
-  after ``{question_and_previous_steps}``, ending with ``[[A]]`` or ``[[B]]``.
+  after ``{question_and_previous_steps}``, ending with ``[[A]]`` or ``[[B]]``. :data:`JUDGE_TIE_PROMPT` is the
+  same prompt with a third verdict, ``[[C]]`` for a tie (this project's option, not the paper's; see below).
 - :data:`SRLM_SCORE_PROMPT` (the Self-Rewarding LM baseline): additive 5-point score of a whole solution.
 
 The render functions substitute with ``str.format``, which parses only the template: braces inside a problem or a
@@ -24,6 +25,7 @@ from collections.abc import Sequence
 
 __all__ = [
     "JUDGE_PROMPT",
+    "JUDGE_TIE_PROMPT",
     "SEGMENT_PROMPT",
     "SRLM_SCORE_PROMPT",
     "STEP_PROMPT",
@@ -83,6 +85,18 @@ JUDGE_PROMPT = (
     "[The End of Assistant B's Next Reasoning Step]"
 )
 
+# The paper's judge must prefer one of two steps even when both are wrong (or both right), and the search then
+# trains on that pair. With a third verdict, in MT-Bench's pairwise wording ("[[C]]" for a tie), the judge can say
+# "neither": a tie is read as an abstention, so such a pair is never made (``psr.judge.settings.tie``; the built-in
+# EFT teaches it with ``ties=N``). Only the format sentence differs from the paper's prompt.
+_PAPER_FORMAT = '"[[A]]" if assistant A is better, and "[[B]]" if assistant B is better.'
+_TIE_FORMAT = (
+    '"[[A]]" if assistant A is better, "[[B]]" if assistant B is better, and "[[C]]" for a tie (neither step is '
+    "better: both are right or both are wrong)."
+)
+assert JUDGE_PROMPT.count(_PAPER_FORMAT) == 1
+JUDGE_TIE_PROMPT = JUDGE_PROMPT.replace(_PAPER_FORMAT, _TIE_FORMAT)
+
 # The paper does not print its SRLM prompt; this follows the additive 5-point rubric of Yuan et al. (2024),
 # "Self-Rewarding Language Models" (Fig. 2), reworded for math solutions: each point checks one more demanding
 # property, so the total is a coarse ordinal grade, and the fixed closing line "Score: <points>" is what a parser
@@ -136,8 +150,10 @@ def render_segment_prompt(question: str, solution: str) -> str:
     return SEGMENT_PROMPT.format(question=question.strip(), solution=solution.strip())
 
 
-def render_judge_prompt(question: str, previous_steps: Sequence[str], step_a: str, step_b: str) -> str:
-    """The step-wise pairwise judge prompt.
+def render_judge_prompt(
+    question: str, previous_steps: Sequence[str], step_a: str, step_b: str, *, tie: bool = False
+) -> str:
+    """The step-wise pairwise judge prompt (``tie``: :data:`JUDGE_TIE_PROMPT`, which also offers ``[[C]]``).
 
     ``question_and_previous_steps`` is the problem followed by the accepted steps, each on its own line (the steps
     carry their own ``Step n:`` markers). With no accepted steps yet it is the problem alone.
@@ -147,6 +163,8 @@ def render_judge_prompt(question: str, previous_steps: Sequence[str], step_a: st
     True
     >>> "[The Start of Assistant B's Next Reasoning Step]\\nStep 2: c\\n" in p
     True
+    >>> '"[[C]]" for a tie' in p, '"[[C]]" for a tie' in render_judge_prompt("Q?", [], "b", "c", tie=True)
+    (False, True)
 
     Every field is untrusted text (model-written steps, user problems): block delimiters inside it are neutralised
     (``judges.guard.neutralise_delimiters``: brackets become parentheses), so a step cannot close its own block.
@@ -160,7 +178,7 @@ def render_judge_prompt(question: str, previous_steps: Sequence[str], step_a: st
     from openrlhf_psr.judges.guard import neutralise_delimiters as clean
 
     context = "\n".join([clean(question.strip()), *(clean(s.strip()) for s in previous_steps)])
-    return JUDGE_PROMPT.format(
+    return (JUDGE_TIE_PROMPT if tie else JUDGE_PROMPT).format(
         question_and_previous_steps=context, step_a=clean(step_a.strip()), step_b=clean(step_b.strip())
     )
 

@@ -183,6 +183,10 @@ class EvalSettings(_Section):
         0, ge=0, description="logit judge in evaluation: explanation tokens it writes before its verdict is read "
         "(0: read right after the prompt; see judges/logit.py)"
     )  # fmt: skip
+    judge_tie: bool = Field(
+        False, description="generative and logit judges in evaluation: the judge prompt that also offers [[C]] (a "
+        "tie), as psr.judge.settings.tie; a tie on a judged pair counts as an abstention"
+    )  # fmt: skip
     prompt: Literal["step", "qwen_cot"] = Field("step", description="the paper's step prompt or Qwen's CoT prompt")
     fewshot: int = Field(0, ge=0, description="worked examples prepended to each problem (base models)")
     tts: TTSSpec = Field(default_factory=TTSSpec, description="test-time scaling (off: no benchmarks)")

@@ -61,9 +61,22 @@ def load_judge_pairs(spec: str, seed: int):
     return source.kind, prm800k_judge_pairs(str(source.path), source.get("limit"), seed)
 
 
+def load_tie_pairs(spec: str) -> list:
+    """For a built-in judge set: its problems' two-wrong-step pairs (``eval.builtin_judge.builtin_tie_pairs``),
+    where a judge offered a tie should call one; none for other sets (no pair there is known to be a tie)."""
+    from openrlhf_psr.data.sources import JUDGE_PAIRS, parse_source
+    from openrlhf_psr.eval.builtin_judge import builtin_tie_pairs
+
+    source = parse_source(spec, JUDGE_PAIRS)
+    if source.kind != "builtin":
+        return []
+    return builtin_tie_pairs(source.get("n", 16), source.get("seed", 1000), source.difficulty())
+
+
 def _judge_settings(name: str, config: EvaluateConfig) -> dict:
     """Settings of a built-in judge: the prompt format of the model under evaluation (``--chat-template``, the
-    recipe's) and the explanation caps (generative; logit with ``judge_reason_tokens``); plugins' judges get none."""
+    recipe's), the explanation caps (generative; logit with ``judge_reason_tokens``) and the tie offer
+    (``judge_tie``); plugins' judges get none."""
     if name not in ("generative", "logit", "outcome"):
         return {}
     settings: dict = {"chat_template": config.chat_template}
@@ -71,6 +84,8 @@ def _judge_settings(name: str, config: EvaluateConfig) -> dict:
         settings["max_tokens"] = config.judge_max_tokens
     if name == "logit" and config.judge_reason_tokens:
         settings["reason_tokens"] = config.judge_reason_tokens
+    if name in ("generative", "logit") and config.judge_tie:
+        settings["tie"] = True
     return settings
 
 
@@ -172,13 +187,14 @@ def run(args: argparse.Namespace) -> int:
     check_arguments(cfg)
 
     from openrlhf_psr.eval.generate import greedy_solutions, score_solutions
-    from openrlhf_psr.eval.judge_accuracy import judge_accuracy
+    from openrlhf_psr.eval.judge_accuracy import judge_accuracy, tie_rate
     from openrlhf_psr.eval.parts import EvalParts
     from openrlhf_psr.io import atomic_write_text
     from openrlhf_psr.judges.base import JudgeContext, build_judge
 
     benchmarks = [load_eval_problems(s, cfg.data_root, cfg.seed) for s in cfg.benchmarks]  # fail before the engine
     judge_sets = [load_judge_pairs(s, cfg.seed) for s in cfg.judge_sets]
+    tie_sets = {name: load_tie_pairs(s) for s, (name, _) in zip(cfg.judge_sets, judge_sets, strict=True)}
     engine = build_engine(cfg)
     result: dict = {"model": cfg.model, "benchmarks": {}, "judges": {}}
     parts = EvalParts(cfg.out, settings=_part_settings(cfg))  # finished parts of a killed run are reused
@@ -215,6 +231,8 @@ def run(args: argparse.Namespace) -> int:
             metrics = parts.get(f"judge-{judge_name}-{set_name}", pairs)
             if metrics is None:
                 metrics = judge_accuracy(judge, pairs)
+                if cfg.judge_tie and tie_sets.get(set_name) and judge_name in ("generative", "logit"):
+                    metrics.update(tie_rate(judge, tie_sets[set_name]))  # and how often it says neither, rightly
                 parts.put(f"judge-{judge_name}-{set_name}", pairs, metrics)
             result["judges"][f"{judge_name}/{set_name}"] = metrics
             print(f"judge {judge_name} on {set_name}: {json.dumps(metrics)}", flush=True)

@@ -234,15 +234,20 @@ def _markdown(result: dict) -> str:
     ]
     if fractions:
         md += ["; ".join(fractions), ""]
-    judge_rows = []
+    judge_rows, ties = [], False
     for arm, a in arms.items():
         for label, model in a["models"].items():
             for judge_set, cell in model.get("judge_accuracy_ci95", {}).items():
                 if arm == "self" or label != "M1":
-                    judge_rows.append([arm, label, judge_set, _cell(cell)])
+                    tie_rate = (model.get("judges", {}).get(judge_set) or {}).get("tie_rate")
+                    ties = ties or tie_rate is not None
+                    judge_rows.append([arm, label, judge_set, _cell(cell), _pct(tie_rate)])
     if judge_rows:
         md += ["## Judge accuracy per iteration (%, both orders, [95% CI] (pairs))", ""]
-        md += [_table(["arm", "model", "judge/set", "accuracy"], judge_rows), ""]
+        if ties:  # a judge offered a tie (data.eval.judge_tie): how often it ties two wrong steps
+            md += [_table(["arm", "model", "judge/set", "accuracy", "ties on two wrong steps"], judge_rows), ""]
+        else:
+            md += [_table(["arm", "model", "judge/set", "accuracy"], [r[:-1] for r in judge_rows]), ""]
     pair_rows = []
     for arm, a in arms.items():
         for it, s in a["search"].items():

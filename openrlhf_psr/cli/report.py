@@ -124,15 +124,19 @@ def build_report(run: Path) -> dict:
     if judges:
         md += ["", "## Judges (Table 3; %, both orders)", ""]
         rows = []
+        # a judge offered a tie (data.eval.judge_tie) is also measured on two-wrong-step pairs: how often it ties
+        ties = any("tie_rate" in r for s in summary["models"].values() for r in s["judges"].values() if r)
         for m, s in summary["models"].items():
             for j in judges:
                 r = s["judges"].get(j)
                 if r:
                     rows.append([m, j, _fmt_ci(s["judge_accuracy_ci95"].get(j)), _fmt(r["consistency"], True),
                                  _fmt(1 - r["abstention_rate"], True) if r["abstention_rate"] is not None else "-",
-                                 _fmt(r["prob_accuracy"], True), _fmt(r["always_a_rate"], True)])  # fmt: skip
+                                 _fmt(r["prob_accuracy"], True), _fmt(r["always_a_rate"], True)]
+                                + ([_fmt(r.get("tie_rate"), True)] if ties else []))  # fmt: skip
         md.append(_table(["model", "judge/set", "accuracy [95% CI] (pairs)", "position consistency",
-                          "parseable verdicts", "P(better) accuracy", "answers A"], rows))  # fmt: skip
+                          "parseable verdicts", "P(better) accuracy", "answers A"]
+                         + (["ties on two wrong steps"] if ties else []), rows))  # fmt: skip
     tts_rows = [
         [m, b, _fmt(summary["models"][m]["accuracy"].get(b), True), _fmt(t["accuracy"], True), str(t["width"])]
         for m, s in summary["models"].items()

@@ -51,7 +51,7 @@ def build(ift: list[str], eft: list[str], seed: int = 0) -> list[dict]:
         source = parse("--eft", spec, EFT)
         if source.kind == "builtin":
             built = sft.builtin_sft(n_ift=0, n_eft=source.get("n", 64), seed=source.get("seed", seed + 1),
-                                    difficulty=source.difficulty())  # fmt: skip
+                                    difficulty=source.difficulty(), ties=source.get("ties", 0))  # fmt: skip
             records += [r for r in built if r["kind"] == "eft"]
         elif source.kind == "prm800k":
             records += sft.prm800k_eft(source.path, limit=source.get("limit"), seed=seed)
@@ -67,7 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--ift", action="append", default=[], help="builtin:arith?n=N | gsm8k:PATH[?limit=N]")
     parser.add_argument("--eft", action="append", default=[],
-                        help="builtin:arith?n=N | prm800k:PATH[?limit=N] (pairs; x2 orders) | "
+                        help="builtin:arith?n=N[&ties=T] (T: tie pairs, all rows in the tie prompt) | "
+                        "prm800k:PATH[?limit=N] (pairs; x2 orders) | "
                         "srlm-builtin:arith?n=N | srlm-gsm8k:PATH[?limit=N] "
                         "(SRLM 5-point scoring, 6 graded solutions per problem)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)

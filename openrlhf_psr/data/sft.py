@@ -61,13 +61,13 @@ def prose_answer(pair: JudgedStepPair, better_is_a: bool) -> str:
     return f"{reason}Assistant {letter}'s step is the better next step. [[{letter}]]"
 
 
-def eft_records(pair: JudgedStepPair, answer=prose_answer) -> list[dict]:
+def eft_records(pair: JudgedStepPair, answer=prose_answer, *, tie: bool = False) -> list[dict]:
     """Both orders of one judged pair: better shown as A (verdict [[A]]) and as B (verdict [[B]]), each answered
-    by ``answer(pair, better_is_a)``."""
+    by ``answer(pair, better_is_a)``; ``tie``: in the judge prompt that also offers ``[[C]]``."""
     out = []
     for better_is_a in (True, False):
         a, b = (pair.better, pair.worse) if better_is_a else (pair.worse, pair.better)
-        prompt = render_judge_prompt(pair.question, list(pair.previous_steps), a, b)
+        prompt = render_judge_prompt(pair.question, list(pair.previous_steps), a, b, tie=tie)
         out.append({"input": prompt, "output": answer(pair, better_is_a), "kind": "eft"})
     return out
 
@@ -86,15 +86,63 @@ def checking_rationale(better: str, worse: str, better_is_a: bool) -> str:
     Check: 3 + 4 = 7. Assistant A's result is 8: wrong. Assistant B's result is 7: right. Assistant B's step is the \
 better next step. [[B]]
     """
-    equations = _EQUATION.findall(better.split(":", 1)[-1])
     correct, wrong = _LAST_NUMBER.search(better).group(1), _LAST_NUMBER.search(worse).group(1)
-    check = f"Check: {equations[-1]}. " if equations else f"Check: the result is {correct}. "
+    check = _check(better)
     a, b = (f"{correct}: right", f"{wrong}: wrong") if better_is_a else (f"{wrong}: wrong", f"{correct}: right")
     letter = "A" if better_is_a else "B"
     return (
         f"{check}Assistant A's result is {a}. Assistant B's result is {b}. Assistant {letter}'s step is the "
         f"better next step. [[{letter}]]"
     )
+
+
+def _check(right_step: str) -> str:
+    """The check a built-in EFT answer opens with: the right step's last equation, or its result."""
+    equations = _EQUATION.findall(right_step.split(":", 1)[-1])
+    if equations:
+        return f"Check: {equations[-1]}. "
+    return f"Check: the result is {_LAST_NUMBER.search(right_step).group(1)}. "
+
+
+def tie_rationale(right: str, step_a: str, step_b: str) -> str:
+    """The built-in EFT answer for two wrong steps, in the tie prompt: the right step's check, both results marked
+    wrong, and the tie verdict ``[[C]]`` (neither is better, so no pair should be made of them).
+
+    >>> print(tie_rationale("Step 2: So 3 + 4 = 7 apples.", "Step 2: So 3 + 4 = 8 apples.", "Step 2: So 3 + 4 = 5."))
+    Check: 3 + 4 = 7. Assistant A's result is 8: wrong. Assistant B's result is 5: wrong. Neither step is better: \
+a tie. [[C]]
+    """
+    a, b = (_LAST_NUMBER.search(step).group(1) for step in (step_a, step_b))
+    return (
+        f"{_check(right)}Assistant A's result is {a}: wrong. Assistant B's result is {b}: wrong. Neither step is "
+        "better: a tie. [[C]]"
+    )
+
+
+def builtin_tie_steps(n: int, seed: int, difficulty=None):
+    """``n`` (problem, step index, wrong step, other wrong step) of the built-in task: the triples of
+    :func:`builtin_corrupted_steps` (same problems and steps for the same seed) with a second, different wrong
+    result of the same step: two steps neither of which is better."""
+    rng = random.Random(seed + 1)
+    for p, k, wrong in builtin_corrupted_steps(n, seed, difficulty):
+        other = next((x for x in (corrupt_step(p.steps[k], rng) for _ in range(16)) if x not in (None, wrong)), None)
+        yield p, k, wrong, other if other is not None else corrupt_step(wrong, rng)  # a wrong result changed: wrong
+
+
+def builtin_tie_records(n: int, seed: int, difficulty=None) -> list[dict]:
+    """EFT rows for ``n`` tie pairs of the built-in task (:func:`builtin_tie_steps`), both orders, in the tie
+    prompt, answered by :func:`tie_rationale`.
+
+    >>> rows = builtin_tie_records(2, seed=3)
+    >>> len(rows), [r["output"][-5:] for r in rows], '"[[C]]" for a tie' in rows[0]["input"]
+    (4, ['[[C]]', '[[C]]', '[[C]]', '[[C]]'], True)
+    """
+    out = []
+    for p, k, wrong, other in builtin_tie_steps(n, seed, difficulty):
+        for a, b in ((wrong, other), (other, wrong)):
+            prompt = render_judge_prompt(p.question, list(p.steps[:k]), a, b, tie=True)
+            out.append({"input": prompt, "output": tie_rationale(p.steps[k], a, b), "kind": "eft"})
+    return out
 
 
 def checking_answer(pair: JudgedStepPair, better_is_a: bool) -> str:
@@ -134,9 +182,11 @@ def builtin_corrupted_steps(n: int, seed: int, difficulty=None):
             yield p, k, wrong
 
 
-def builtin_sft(n_ift: int = 64, n_eft: int = 64, seed: int = 0, difficulty=None) -> list[dict]:
+def builtin_sft(n_ift: int = 64, n_eft: int = 64, seed: int = 0, difficulty=None, ties: int = 0) -> list[dict]:
     """IFT and EFT records from the built-in arithmetic task (different problems for each), at ``difficulty`` (an
     :class:`~openrlhf_psr.data.arith.Difficulty`; None = the defaults), so M1 learns the task it will be asked.
+    ``ties`` > 0 adds that many tie pairs (:func:`builtin_tie_records`, problems unlike the others) and puts every
+    EFT row in the tie prompt, the one a judge with ``tie: true`` reads.
 
     >>> from openrlhf_psr.data.arith import Difficulty
     >>> easy = builtin_sft(4, 0, difficulty=Difficulty(min_ops=1, max_ops=1))
@@ -148,7 +198,9 @@ def builtin_sft(n_ift: int = 64, n_eft: int = 64, seed: int = 0, difficulty=None
     d = difficulty or DEFAULT
     records = [ift_record(p.question, p.steps) for p in (make_problem(seed, i, difficulty=d) for i in range(n_ift))]
     for p, k, wrong in builtin_corrupted_steps(n_eft, seed + 7919, d):  # another seed: problems unlike the IFT ones
-        records += eft_records(builtin_judged_pair(p, k, wrong), answer=checking_answer)
+        records += eft_records(builtin_judged_pair(p, k, wrong), answer=checking_answer, tie=ties > 0)
+    if ties:
+        records += builtin_tie_records(ties, seed + 2 * 7919, d)
     return records
 
 

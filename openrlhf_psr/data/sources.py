@@ -6,7 +6,8 @@ Every data source is one string ``KIND[:TARGET][?KEY=VALUE&...]``, parsed here a
 =================  =====================================  ================================================
 kind               target                                 options
 =================  =====================================  ================================================
-``builtin``        the built-in task: ``arith``           ``n``, ``seed``, difficulty knobs (``ops``, ...)
+``builtin``        the built-in task: ``arith``           ``n``, ``seed``, difficulty knobs (``ops``, ...);
+                                                          EFT only: ``ties`` (tie pairs, verdict ``[[C]]``)
 ``jsonl``          a ``.jsonl`` / ``.json`` file           ``limit``
 ``parquet``        a ``.parquet`` file                     ``limit``
 ``hf``             a Hugging Face dataset ``NAME[:CONFIG]`` ``split``, ``limit``
@@ -61,6 +62,12 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+def _count(text: str) -> int:
+    if not re.fullmatch(r"\d+", text):
+        raise ValueError("expected a count (0 or more)")
+    return int(text)
+
+
 def _integer(text: str) -> int:
     if not re.fullmatch(r"-?\d+", text):
         raise ValueError("expected an integer")
@@ -89,6 +96,7 @@ _TYPES: dict[str, Callable[[str], Any]] = {
     "n": _positive,
     "limit": _positive,
     "seed": _integer,
+    "ties": _count,
     "split": _text,
     "ops": _span,
     "start": _span,
@@ -115,6 +123,9 @@ def _spell(value: Any) -> str:
 
 # -- kinds ------------------------------------------------------------------------------------------------------
 BUILTIN_OPTIONS = ("n", "seed", *arith.OPTION_NAMES)  # shared by every built-in source: prompts, pairs, IFT, EFT
+# Options only a field taking EFT sources accepts: ``ties`` = tie pairs (two wrong steps, verdict [[C]]) added to
+# the built-in EFT, every row of that source then in the tie prompt (data.sft.builtin_sft).
+EFT_ONLY_OPTIONS = ("ties",)
 FILE_OPTIONS = ("limit",)
 JSONL_SUFFIXES = (".jsonl", ".json")
 PARQUET_SUFFIXES = (".parquet",)
@@ -129,7 +140,7 @@ class _Kind:
 
 
 KINDS: dict[str, _Kind] = {
-    "builtin": _Kind("task", BUILTIN_OPTIONS, example="builtin:arith?n=64"),
+    "builtin": _Kind("task", BUILTIN_OPTIONS + EFT_ONLY_OPTIONS, example="builtin:arith?n=64"),
     "jsonl": _Kind("path", FILE_OPTIONS, JSONL_SUFFIXES, "jsonl:PATH?limit=200"),
     "parquet": _Kind("path", FILE_OPTIONS, PARQUET_SUFFIXES, "parquet:PATH?limit=200"),
     "hf": _Kind("dataset", ("split", "limit"), example="hf:openai/gsm8k:main?split=test"),
@@ -266,7 +277,11 @@ srlm-builtin or srlm-gsm8k here, found 'gsm8k'
     if kind not in kinds:
         expected = ", ".join(kinds[:-1]) + f" or {kinds[-1]}" if len(kinds) > 1 else kinds[0]
         raise SourceError(f"{spec!r}: expected a source of kind {expected} here, found {kind!r}")
-    return Source(kind, _target(spec, kind, target), _options(spec, kind, query))
+    options = _options(spec, kind, query)
+    misplaced = [k for k in EFT_ONLY_OPTIONS if k in options and not set(EFT) <= set(kinds)]
+    if misplaced:
+        raise SourceError(f"{spec!r}: option {misplaced[0]} is for EFT sources only (data.eft, --eft)")
+    return Source(kind, _target(spec, kind, target), options)
 
 
 def _target(spec: str, kind: str, target: str) -> str:

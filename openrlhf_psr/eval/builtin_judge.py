@@ -15,6 +15,16 @@ def builtin_judge_pairs(n: int, seed: int = 1000, difficulty=None) -> list[Judge
     return [builtin_judged_pair(p, k, wrong) for p, k, wrong in builtin_corrupted_steps(n, seed, difficulty)]
 
 
+def builtin_tie_pairs(n: int, seed: int = 1000, difficulty=None) -> list[JudgedStepPair]:
+    """Held-out pairs of two wrong steps (neither is better; ``better``/``worse`` are only the two positions): the
+    problems and steps of :func:`builtin_judge_pairs` with the same ``seed``, the right step replaced by a second
+    wrong result. Where a judge offers a tie, it should call one here."""
+    from openrlhf_psr.data.sft import builtin_tie_steps
+
+    return [JudgedStepPair(p.question, tuple(p.steps[:k]), wrong, other, source=f"{p.id}#step{k + 1}#tie")
+            for p, k, wrong, other in builtin_tie_steps(n, seed, difficulty)]  # fmt: skip
+
+
 def prm800k_judge_pairs(path: str, limit: int | None = None, seed: int = 0) -> list[JudgedStepPair]:
     from openrlhf_psr.data.prm800k import human_step_pairs
 

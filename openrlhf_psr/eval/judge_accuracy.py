@@ -48,3 +48,21 @@ def judge_accuracy(judge: PairwiseJudge, pairs: Sequence[JudgedStepPair]) -> dic
         "prob_accuracy": sum(p > 0.5 for p in probs) / len(probs) if probs else None,
         "always_a_rate": sum(j.verdict.winner == "A" for j in judgments) / len(judgments) if judgments else None,
     }
+
+
+def tie_rate(judge: PairwiseJudge, pairs: Sequence[JudgedStepPair]) -> dict:
+    """On pairs where neither step is better (two wrong steps): the share of the 2N ordered comparisons the judge
+    calls a tie (abstains on), and of pairs it ties in both orders, i.e. pairs from which a search makes no pair."""
+    comparisons = []
+    for p in pairs:
+        comparisons += [
+            Comparison(p.question, p.previous_steps, p.better, p.worse),
+            Comparison(p.question, p.previous_steps, p.worse, p.better),
+        ]
+    ties = [j.verdict.winner is None for j in (judge.judge(comparisons) if comparisons else [])]
+    n = len(pairs)
+    return {
+        "tie_pairs": n,
+        "tie_rate": sum(ties) / (2 * n) if n else None,
+        "tie_pair_rate": sum(ties[2 * k] and ties[2 * k + 1] for k in range(n)) / n if n else None,
+    }

@@ -23,8 +23,15 @@ class Comparison:
     step_b: str
     gold: str | None = None  # the problem's gold answer, for judges that may use it (outcome judge); else unused
 
-    def prompt(self) -> str:
-        return render_judge_prompt(self.question, list(self.previous_steps), self.step_a, self.step_b)
+    def prompt(self, tie: bool = False) -> str:
+        """The judge prompt of this comparison (``tie``: the variant that also offers ``[[C]]``, a tie)."""
+        return render_judge_prompt(self.question, list(self.previous_steps), self.step_a, self.step_b, tie=tie)
+
+
+def judge_prompt(comparison, tie: bool) -> str:
+    """A comparison's judge prompt; ``tie`` asks for the variant offering ``[[C]]``. Without it ``prompt()`` is
+    called as before, so comparison-like objects whose ``prompt`` takes no argument still work."""
+    return comparison.prompt(tie=True) if tie else comparison.prompt()
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from openrlhf_psr.engines.base import Engine, SampleRequest
-from openrlhf_psr.judges.base import Comparison, JudgeContext, Judgment, PairwiseJudge
+from openrlhf_psr.judges.base import Comparison, JudgeContext, Judgment, PairwiseJudge, judge_prompt
 from openrlhf_psr.judges.guard import guarded_prompt_ids
 from openrlhf_psr.judges.verdict import parse_verdict
 from openrlhf_psr.records import Verdict
@@ -22,12 +22,14 @@ class GenerativeJudge(PairwiseJudge):
         engine: any :class:`~openrlhf_psr.engines.base.Engine` (the policy's own engine for self-judging).
         max_tokens: cap on the explanation (SPEC default 512).
         chat_template: wrap the judge prompt in the model's chat template.
+        tie: offer ``[[C]]`` (a tie) in the prompt; a last ``[[C]]`` is read as an abstention.
     """
 
     name = "generative"
 
-    def __init__(self, engine: Engine, *, max_tokens: int = 512, chat_template: bool = True):
+    def __init__(self, engine: Engine, *, max_tokens: int = 512, chat_template: bool = True, tie: bool = False):
         self.engine = engine
+        self.tie = bool(tie)
         self.max_tokens = max_tokens
         self.chat_template = chat_template
 
@@ -43,7 +45,11 @@ class GenerativeJudge(PairwiseJudge):
     def judge(self, comparisons: Sequence[Comparison]) -> list[Judgment]:
         requests = [
             SampleRequest(
-                tuple(guarded_prompt_ids(self.engine.tokenizer, c.prompt(), chat_template=self.chat_template)),
+                tuple(
+                    guarded_prompt_ids(
+                        self.engine.tokenizer, judge_prompt(c, self.tie), chat_template=self.chat_template
+                    )
+                ),
                 n=1,
                 temperature=0.0,
                 max_tokens=self.max_tokens,
@@ -54,6 +60,6 @@ class GenerativeJudge(PairwiseJudge):
         ]
         outputs = self.engine.generate(requests)
         return [
-            Judgment(Verdict(parse_verdict(out[0].text, c.step_a, c.step_b)), raw=out[0].text)
+            Judgment(Verdict(parse_verdict(out[0].text, c.step_a, c.step_b, tie=self.tie)), raw=out[0].text)
             for c, out in zip(comparisons, outputs, strict=True)
         ]

@@ -15,6 +15,11 @@ most that many tokens, cut at its first ``[[``) is generated on the engine, and 
 explanation + ``[[``. The verdict is still read by this judge at a position it places, not parsed from text, so
 it never abstains for want of a marker; a model trained to check before it decides (the built-in task's EFT)
 judges from its own check.
+
+``tie=True`` offers a third verdict (:data:`openrlhf_psr.prompts.JUDGE_TIE_PROMPT`: ``[[C]]`` for a tie, "neither
+step is better") and reads "C" beside "A" and "B": where "C" is the likeliest of the three the judge abstains, so
+the search makes no pair of two wrong steps that the judge cannot tell apart (its P("A") between the other two
+letters is not reported then: an abstention carries no preference).
 """
 
 from __future__ import annotations
@@ -23,23 +28,24 @@ import math
 from collections.abc import Sequence
 
 from openrlhf_psr.engines.base import SampleRequest, UnsupportedByEngine
-from openrlhf_psr.judges.base import Comparison, JudgeContext, Judgment, PairwiseJudge
+from openrlhf_psr.judges.base import Comparison, JudgeContext, Judgment, PairwiseJudge, judge_prompt
 from openrlhf_psr.judges.guard import guarded_prompt_ids
 from openrlhf_psr.records import Verdict
 
 VERDICT_OPENING = "[["
 
 
-def verdict_token_ids(tokenizer, opening: str = VERDICT_OPENING) -> tuple[int, int]:
-    """The ids of the tokens "A" and "B" as they follow ``opening`` (checked: the opening must not merge)."""
+def verdict_token_ids(tokenizer, opening: str = VERDICT_OPENING, letters: str = "AB") -> tuple[int, ...]:
+    """The ids of the tokens "A" and "B" (or each of ``letters``) as they follow ``opening`` (checked: the opening
+    must not merge)."""
     base = tokenizer.encode(opening, add_special_tokens=False)
     ids = []
-    for letter in ("A", "B"):
+    for letter in letters:
         full = tokenizer.encode(opening + letter, add_special_tokens=False)
         if full[: len(base)] != base or len(full) != len(base) + 1:
             raise ValueError(f"tokenizer merges {opening + letter!r} across the verdict boundary: {full}")
         ids.append(full[-1])
-    return ids[0], ids[1]
+    return tuple(ids)
 
 
 def p_a_from_logprobs(logprob_a: float, logprob_b: float) -> float:
@@ -55,6 +61,18 @@ def p_a_from_logprobs(logprob_a: float, logprob_b: float) -> float:
         return math.nan
     diff = logprob_b - logprob_a
     return 1.0 / (1.0 + math.exp(diff)) if diff < 700 else 0.0
+
+
+def verdict_from_letter_logprobs(logprobs: Sequence[float]) -> Verdict:
+    """The verdict from the log-probs (or logits) of "A", "B" and, when a tie is offered, "C" at the verdict
+    position: a tie ("C" strictly the likeliest) abstains; otherwise :func:`verdict_from_p_a` of "A" against "B".
+
+    >>> verdict_from_letter_logprobs([-0.2, -2.0]), verdict_from_letter_logprobs([-2.0, -3.0, -0.1])
+    (Verdict(winner='A', p_a=0.8581489350995123), Verdict(winner=None, p_a=None))
+    """
+    if len(logprobs) == 3 and math.isfinite(logprobs[2]) and logprobs[2] > max(logprobs[0], logprobs[1]):
+        return Verdict(None, None)
+    return verdict_from_p_a(p_a_from_logprobs(logprobs[0], logprobs[1]))
 
 
 def verdict_from_p_a(p: float) -> Verdict:
@@ -91,6 +109,7 @@ class LogitJudge(PairwiseJudge):
         batch_size: comparisons per transformers forward.
         reason_tokens: 0 reads the verdict right after the prompt; N > 0 first lets the judge write an explanation
             of at most N tokens on the engine (greedy, cut at its first ``[[``) and reads the verdict after it.
+        tie: offer ``[[C]]`` (a tie) in the prompt and abstain where "C" is the likeliest verdict letter.
     """
 
     name = "logit"
@@ -106,6 +125,7 @@ class LogitJudge(PairwiseJudge):
         batch_size: int = 8,
         chat_template=True,
         reason_tokens: int = 0,
+        tie: bool = False,
     ):
         if reason_tokens < 0:
             raise ValueError(f"logit judge: reason_tokens {reason_tokens}; expected 0 (no explanation) or more")
@@ -124,13 +144,15 @@ class LogitJudge(PairwiseJudge):
         self.batch_size = batch_size
         self.chat_template = chat_template
         self.reason_tokens = reason_tokens
+        self.tie = bool(tie)
+        self.letters = "ABC" if self.tie else "AB"
         self.writer = engine  # writes the explanation; stays when reading falls back to transformers
         self.model = self.head = None
         if self.engine is None or not isinstance(model, str | type(None)):
             self._load_transformers(tokenizer)
         else:
             self.tokenizer = tokenizer or engine.tokenizer
-        self.verdict_ids = verdict_token_ids(self.tokenizer)
+        self.verdict_ids = verdict_token_ids(self.tokenizer, letters=self.letters)
         self.opening_ids = self.tokenizer.encode(VERDICT_OPENING, add_special_tokens=False)
 
     def _load_transformers(self, tokenizer=None) -> None:
@@ -151,8 +173,8 @@ class LogitJudge(PairwiseJudge):
             tokenizer = tokenizer or getattr(self, "tokenizer", None) or AutoTokenizer.from_pretrained(path)
         self.model = model.eval()
         self.tokenizer = tokenizer or getattr(self, "tokenizer", None)
-        a_id, b_id = verdict_token_ids(self.tokenizer)
-        self.head = model.get_output_embeddings().weight[[a_id, b_id]].detach().float()
+        ids = list(verdict_token_ids(self.tokenizer, letters=self.letters))
+        self.head = model.get_output_embeddings().weight[ids].detach().float()
 
     @classmethod
     def from_config(cls, context: JudgeContext, *, model: str | None = None, **kw) -> LogitJudge:
@@ -163,7 +185,7 @@ class LogitJudge(PairwiseJudge):
 
     def prompt_ids(self, comparison: Comparison) -> list[int]:
         """The guarded judge prompt (``judges.guard``) followed by the verdict opening ``[[``."""
-        ids = guarded_prompt_ids(self.tokenizer, comparison.prompt(), chat_template=self.chat_template)
+        ids = guarded_prompt_ids(self.tokenizer, judge_prompt(comparison, self.tie), chat_template=self.chat_template)
         return ids + self.opening_ids
 
     def reasoned_prompt_ids(self, comparisons: Sequence[Comparison]) -> list[list[int]]:
@@ -174,7 +196,8 @@ class LogitJudge(PairwiseJudge):
         opening + the verdict token fit the engine's ``max_model_len``; with no room left the verdict is read right
         after the prompt, as with ``reason_tokens: 0``."""
         prompts = [
-            guarded_prompt_ids(self.tokenizer, c.prompt(), chat_template=self.chat_template) for c in comparisons
+            guarded_prompt_ids(self.tokenizer, judge_prompt(c, self.tie), chat_template=self.chat_template)
+            for c in comparisons
         ]
         limit = getattr(self.writer, "max_model_len", None)
         budgets = [self._explanation_budget(len(ids), limit) for ids in prompts]
@@ -209,7 +232,14 @@ class LogitJudge(PairwiseJudge):
         return self.tokenizer.encode(self.tokenizer.decode(kept) + VERDICT_OPENING, add_special_tokens=False)
 
     def probabilities(self, comparisons: Sequence[Comparison]) -> list[float]:
-        """P(A is better) for each comparison (NaN where the engine gave no finite log-probs)."""
+        """P(A is better) for each comparison: the two-way softmax of "A" against "B" (NaN where the engine gave no
+        finite log-probs)."""
+        return [p_a_from_logprobs(row[0], row[1]) for row in self.letter_logprobs(comparisons)]
+
+    def letter_logprobs(self, comparisons: Sequence[Comparison]) -> list[list[float]]:
+        """For each comparison, the log-probs of the verdict letters ("A", "B"[, "C"]) at the verdict position:
+        over the whole vocabulary from the engine; over the letters alone from the transformers fallback (only
+        their differences are read)."""
         if not comparisons:
             return []
         prompts = (
@@ -217,23 +247,22 @@ class LogitJudge(PairwiseJudge):
         )
         if self.engine is not None and self.model is None:
             try:
-                return self._engine_probabilities(prompts, comparisons)
+                return self._engine_logprobs(prompts, comparisons)
             except UnsupportedByEngine:
                 if self.backend == "engine":
                     raise
                 self.engine = None  # this engine cannot: read the verdict with a transformers forward from now on
                 self._load_transformers(self.tokenizer)
-        return self._transformers_probabilities(prompts)
+        return self._transformers_logprobs(prompts)
 
-    def _engine_probabilities(self, prompts: list[list[int]], comparisons: Sequence[Comparison]) -> list[float]:
+    def _engine_logprobs(self, prompts: list[list[int]], comparisons: Sequence[Comparison]) -> list[list[float]]:
         affinity = [c.question for c in comparisons]  # a problem's comparisons share one engine's prefix cache
-        rows = self.engine.next_token_logprobs(prompts, list(self.verdict_ids), affinity=affinity)
-        return [p_a_from_logprobs(a, b) for a, b in rows]
+        return self.engine.next_token_logprobs(prompts, list(self.verdict_ids), affinity=affinity)
 
-    def _transformers_probabilities(self, prompts: list[list[int]]) -> list[float]:
+    def _transformers_logprobs(self, prompts: list[list[int]]) -> list[list[float]]:
         import torch
 
-        out: list[float] = []
+        out: list[list[float]] = []
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         for start in range(0, len(prompts), self.batch_size):
             batch = prompts[start : start + self.batch_size]
@@ -245,9 +274,9 @@ class LogitJudge(PairwiseJudge):
                 hidden = self.model.get_decoder()(
                     input_ids=input_ids, attention_mask=mask, position_ids=positions
                 ).last_hidden_state[:, -1]
-                logits = hidden.float() @ self.head.T  # (batch, 2) in fp32
-                out.extend(torch.softmax(logits, dim=-1)[:, 0].tolist())
+                logits = hidden.float() @ self.head.T  # (batch, letters) in fp32
+                out.extend(torch.log_softmax(logits, dim=-1).tolist())
         return out
 
     def judge(self, comparisons: Sequence[Comparison]) -> list[Judgment]:
-        return [Judgment(verdict_from_p_a(p)) for p in self.probabilities(comparisons)]
+        return [Judgment(verdict_from_letter_logprobs(row)) for row in self.letter_logprobs(comparisons)]

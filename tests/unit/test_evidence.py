@@ -84,6 +84,18 @@ def test_gains_over_the_shared_m1_with_disjoint_intervals(tmp_path):
     assert json.loads((tmp_path / "out" / "evidence.json").read_text())["arms"]["self"]["final"] == "M3"
 
 
+def test_the_judge_table_gains_a_tie_column_when_the_self_judge_was_offered_ties(tmp_path):
+    base, arms = _runs(tmp_path)
+    assert "ties on two wrong steps" not in evidence._markdown(evidence.compare(base, arms))
+    tied = _eval(80, 300, judge=0.8)
+    tied["judges"]["logit/builtin"].update(tie_rate=0.875, tie_pairs=200, tie_pair_rate=0.8)
+    (arms["self"] / "iter_2" / "eval" / "eval.json").write_text(json.dumps(tied))
+    text = evidence._markdown(evidence.compare(base, arms))
+    assert "| arm | model | judge/set | accuracy | ties on two wrong steps |" in text
+    assert "| self | M3 | logit/builtin | 80.0 [73.9, 85.0] (200) | 87.5 |" in text
+    assert "| self | M2 | logit/builtin | 70.0 [63.3, 75.9] (200) | - |" in text
+
+
 def test_the_paired_test_counts_changed_answers_by_problem_id_not_by_position(tmp_path):
     """Two models that each solve 50% of the same four problems but different ones: no gain by accuracy, and the
     paired counts see the two answers that flipped each way (M2's records come in another order)."""

@@ -48,6 +48,22 @@ def test_the_report_gives_each_accuracy_its_interval_and_n(tmp_path):
     assert saved["models"]["M1"]["accuracy_ci95"]["arith"]["n"] == 200
 
 
+def test_the_judge_table_shows_the_tie_rate_only_where_a_judge_was_offered_ties(tmp_path):
+    run = tmp_path / "runs" / "demo"
+    _write(run / "m0" / "eval", _eval(0, 200, 0.5, 200))
+    tied = _eval(13, 200, 0.8, 200)
+    tied["judges"]["logit/builtin"].update(tie_rate=0.625, tie_pairs=200, tie_pair_rate=0.5)
+    _write(run / "sft" / "eval", tied)
+    build_report(run)
+    md = (run / "report" / "summary.md").read_text()
+    assert "ties on two wrong steps |" in md and "| 50.0 | 62.5 |" in md  # M1: answers A, then its tie rate
+    assert "| 50.0 | - |" in md  # M0's judge was not offered ties
+    plain = tmp_path / "runs" / "plain"
+    _write(plain / "m0" / "eval", _eval(0, 200, 0.5, 200))
+    build_report(plain)
+    assert "ties on two wrong steps" not in (plain / "report" / "summary.md").read_text()
+
+
 def test_wilson_interval_rejects_impossible_counts_and_doctests():
     with pytest.raises(ValueError, match="within"):
         wilson_interval(5, 4)

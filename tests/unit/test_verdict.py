@@ -94,6 +94,7 @@ def test_hostile_output_with_thousands_of_markers_abstains() -> None:
 def test_contains_verdict_marker() -> None:
     assert contains_verdict_marker("x [[A]]") and contains_verdict_marker("[[ b ]]")
     assert not contains_verdict_marker("[[x]] and [A]")
+    assert contains_verdict_marker("Step 2: neither. [[C]]")  # the tie marker is flagged too
 
 
 def test_doctests() -> None:
