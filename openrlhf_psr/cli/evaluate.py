@@ -194,7 +194,8 @@ def run(args: argparse.Namespace) -> int:
 
     benchmarks = [load_eval_problems(s, cfg.data_root, cfg.seed) for s in cfg.benchmarks]  # fail before the engine
     judge_sets = [load_judge_pairs(s, cfg.seed) for s in cfg.judge_sets]
-    tie_sets = {name: load_tie_pairs(s) for s, (name, _) in zip(cfg.judge_sets, judge_sets, strict=True)}
+    tie_sets = {name: load_tie_pairs(s) for s, (name, _) in zip(cfg.judge_sets, judge_sets, strict=True)
+                if cfg.judge_tie}  # fmt: skip
     engine = build_engine(cfg)
     result: dict = {"model": cfg.model, "benchmarks": {}, "judges": {}}
     parts = EvalParts(cfg.out, settings=_part_settings(cfg))  # finished parts of a killed run are reused
@@ -226,12 +227,13 @@ def run(args: argparse.Namespace) -> int:
                 result["test_time_scaling"][name] = metrics
                 print(f"test-time scaling {name}: {json.dumps(metrics)}", flush=True)
     for judge_name in cfg.judges if cfg.judge_sets else []:
-        judge = build_judge(judge_name, context, **_judge_settings(judge_name, cfg))
+        settings = _judge_settings(judge_name, cfg)
+        judge = build_judge(judge_name, context, **settings)
         for set_name, pairs in judge_sets:
             metrics = parts.get(f"judge-{judge_name}-{set_name}", pairs)
             if metrics is None:
                 metrics = judge_accuracy(judge, pairs)
-                if cfg.judge_tie and tie_sets.get(set_name) and judge_name in ("generative", "logit"):
+                if settings.get("tie") and tie_sets.get(set_name):
                     metrics.update(tie_rate(judge, tie_sets[set_name]))  # and how often it says neither, rightly
                 parts.put(f"judge-{judge_name}-{set_name}", pairs, metrics)
             result["judges"][f"{judge_name}/{set_name}"] = metrics

@@ -10,6 +10,15 @@ from openrlhf_psr.records import JudgedStepPair, aggregate_pair
 LabelledPair = JudgedStepPair  # the former name of a judged step pair
 
 
+def both_orders(pairs: Sequence[JudgedStepPair]) -> list[Comparison]:
+    """Each pair as two comparisons, its ``better`` step shown first as A, then as B."""
+    return [
+        Comparison(p.question, p.previous_steps, a, b)
+        for p in pairs
+        for a, b in ((p.better, p.worse), (p.worse, p.better))
+    ]
+
+
 def judge_accuracy(judge: PairwiseJudge, pairs: Sequence[JudgedStepPair]) -> dict:
     """Both orders of every pair in one judge batch.
 
@@ -21,12 +30,7 @@ def judge_accuracy(judge: PairwiseJudge, pairs: Sequence[JudgedStepPair]) -> dic
     Each pair's two orders go through :func:`openrlhf_psr.records.aggregate_pair` (better = candidate 0), the same
     aggregation the search's tournament uses.
     """
-    comparisons = []
-    for p in pairs:
-        comparisons += [
-            Comparison(p.question, p.previous_steps, p.better, p.worse),
-            Comparison(p.question, p.previous_steps, p.worse, p.better),
-        ]
+    comparisons = both_orders(pairs)
     judgments = judge.judge(comparisons) if comparisons else []
     right = consistent = both_right = abstained = 0
     probs = []
@@ -53,12 +57,7 @@ def judge_accuracy(judge: PairwiseJudge, pairs: Sequence[JudgedStepPair]) -> dic
 def tie_rate(judge: PairwiseJudge, pairs: Sequence[JudgedStepPair]) -> dict:
     """On pairs where neither step is better (two wrong steps): the share of the 2N ordered comparisons the judge
     calls a tie (abstains on), and of pairs it ties in both orders, i.e. pairs from which a search makes no pair."""
-    comparisons = []
-    for p in pairs:
-        comparisons += [
-            Comparison(p.question, p.previous_steps, p.better, p.worse),
-            Comparison(p.question, p.previous_steps, p.worse, p.better),
-        ]
+    comparisons = both_orders(pairs)
     ties = [j.verdict.winner is None for j in (judge.judge(comparisons) if comparisons else [])]
     n = len(pairs)
     return {

@@ -218,3 +218,32 @@ def parse_difficulty(spec: str):
     from openrlhf_psr.data.sources import JUDGE_PAIRS, parse_source
 
     return parse_source(spec, JUDGE_PAIRS).difficulty()
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_evaluate_writes_the_tie_rate_beside_judge_accuracy_when_asked(monkeypatch, tmp_path, tie):
+    import json
+
+    from openrlhf_psr.cli import evaluate
+    from openrlhf_psr.registry import GENERATORS
+
+    class Checking(CheckingLetters):
+        max_model_len = 4096
+
+        @classmethod
+        def from_config(cls, model, **settings):
+            return cls()
+
+    monkeypatch.setitem(GENERATORS._items, "vllm", Checking)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    argv = ["--model", str(model), "--out", str(tmp_path / "eval"), "--judge", "logit", "--chat-template", "off",
+            "--judge-set", "builtin:arith?n=6&seed=1000", "--judge-tie", "on" if tie else "off"]  # fmt: skip
+    assert evaluate.main(argv) == 0
+    metrics = json.loads((tmp_path / "eval" / "eval.json").read_text())["judges"]["logit/builtin"]
+    assert metrics["accuracy"] == 1.0
+    if tie:
+        assert (metrics["tie_pairs"], metrics["tie_rate"], metrics["tie_pair_rate"]) == (6, 1.0, 1.0)
+    else:
+        assert "tie_rate" not in metrics
