@@ -214,7 +214,8 @@ class DataSpec(_Section):
     eft: list[str] = Field(
         default_factory=list,
         description="EFT sources: builtin:arith?n=N | prm800k:PATH[?limit=N] | srlm-builtin:arith?n=N | "
-        "srlm-gsm8k:PATH[?limit=N] (SRLM scoring)",
+        "srlm-gsm8k:PATH[?limit=N] (SRLM scoring) | search:DIR[?limit=N&ties=T] (a search's own candidate steps, "
+        "labelled by the exact checker: on-policy EFT)",
     )
     eval: EvalSpec = Field(default_factory=EvalSpec, description="evaluation after every model")
 

@@ -5,7 +5,9 @@
         --eft prm800k:../shared/data/train/prm800k_phase1_train.stepwise.parquet?limit=1000
 
 Sources are specs of the source grammar (:mod:`openrlhf_psr.data.sources`): ``builtin:arith?n=N`` (the built-in
-task; ``seed`` and the difficulty knobs as for the prompts), ``gsm8k:PATH[?limit=N]``, ``prm800k:PATH[?limit=N]``.
+task; ``seed`` and the difficulty knobs as for the prompts), ``gsm8k:PATH[?limit=N]``, ``prm800k:PATH[?limit=N]``,
+``search:DIR[?limit=N&ties=T]`` (a search's own candidate steps labelled by the exact checker,
+:mod:`openrlhf_psr.data.own_steps`).
 ``srlm-builtin:arith?n=N`` and ``srlm-gsm8k:PATH[?limit=N]`` are the SRLM baseline's own judging task (whole
 solutions scored 0..5 with its prompt).
 Each row also holds ``prompt`` / ``response``: the example rendered for ``--model`` in the format of
@@ -55,6 +57,11 @@ def build(ift: list[str], eft: list[str], seed: int = 0) -> list[dict]:
             records += [r for r in built if r["kind"] == "eft"]
         elif source.kind == "prm800k":
             records += sft.prm800k_eft(source.path, limit=source.get("limit"), seed=seed)
+        elif source.kind == "search":  # the model's own candidates, labelled by the exact checker
+            from openrlhf_psr.data.own_steps import search_source_eft
+
+            records += search_source_eft(source.path, limit=source.get("limit"), ties=source.get("ties", 0),
+                                         seed=seed)  # fmt: skip
         else:  # srlm-builtin, srlm-gsm8k: the SRLM baseline's judging task, 5-point scores
             records += sft.srlm_source(source, seed=seed)
     random.Random(seed).shuffle(records)
@@ -69,6 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eft", action="append", default=[],
                         help="builtin:arith?n=N[&ties=T] (T: tie pairs, all rows in the tie prompt) | "
                         "prm800k:PATH[?limit=N] (pairs; x2 orders) | "
+                        "search:DIR[?limit=N&ties=T] (a search's own candidates, labelled exactly) | "
                         "srlm-builtin:arith?n=N | srlm-gsm8k:PATH[?limit=N] "
                         "(SRLM 5-point scoring, 6 graded solutions per problem)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)

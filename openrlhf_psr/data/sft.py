@@ -76,7 +76,7 @@ _EQUATION = re.compile(r"\d+(?:\s*[-+*/]\s*\d+)+\s*=\s*\d+")
 _LAST_NUMBER = re.compile(r"(\d+)\D*$")
 
 
-def checking_rationale(better: str, worse: str, better_is_a: bool) -> str:
+def checking_rationale(better: str, worse: str, better_is_a: bool, results: tuple[str, str] | None = None) -> str:
     """A built-in EFT answer that checks before it decides: the better step's last equation recomputed, then each
     assistant's result (its step's last number) marked right or wrong against that check, then the verdict. Each
     decision sits next to what decides it (a number against the check just written; the letter marked right), so a
@@ -85,8 +85,11 @@ def checking_rationale(better: str, worse: str, better_is_a: bool) -> str:
     >>> print(checking_rationale("Step 2: So 3 + 4 = 7 apples.", "Step 2: So 3 + 4 = 8 apples.", better_is_a=False))
     Check: 3 + 4 = 7. Assistant A's result is 8: wrong. Assistant B's result is 7: right. Assistant B's step is the \
 better next step. [[B]]
+
+    ``results`` (better's, worse's) replaces the steps' last numbers where a checker read them (the model's own
+    steps, :mod:`openrlhf_psr.data.own_steps`).
     """
-    correct, wrong = _LAST_NUMBER.search(better).group(1), _LAST_NUMBER.search(worse).group(1)
+    correct, wrong = results or (_LAST_NUMBER.search(better).group(1), _LAST_NUMBER.search(worse).group(1))
     check = _check(better)
     a, b = (f"{correct}: right", f"{wrong}: wrong") if better_is_a else (f"{wrong}: wrong", f"{correct}: right")
     letter = "A" if better_is_a else "B"
@@ -104,7 +107,7 @@ def _check(right_step: str) -> str:
     return f"Check: the result is {_LAST_NUMBER.search(right_step).group(1)}. "
 
 
-def tie_rationale(right: str, step_a: str, step_b: str) -> str:
+def tie_rationale(right: str, step_a: str, step_b: str, results: tuple[str, str] | None = None) -> str:
     """The built-in EFT answer for two wrong steps, in the tie prompt: the right step's check, both results marked
     wrong, and the tie verdict ``[[C]]`` (neither is better, so no pair should be made of them).
 
@@ -112,7 +115,7 @@ def tie_rationale(right: str, step_a: str, step_b: str) -> str:
     Check: 3 + 4 = 7. Assistant A's result is 8: wrong. Assistant B's result is 5: wrong. Neither step is better: \
 a tie. [[C]]
     """
-    a, b = (_LAST_NUMBER.search(step).group(1) for step in (step_a, step_b))
+    a, b = results or tuple(_LAST_NUMBER.search(step).group(1) for step in (step_a, step_b))
     return (
         f"{_check(right)}Assistant A's result is {a}: wrong. Assistant B's result is {b}: wrong. Neither step is "
         "better: a tie. [[C]]"

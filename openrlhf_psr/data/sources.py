@@ -15,6 +15,9 @@ kind               target                                 options
 ``prm800k``        PRM800K step-wise ``.parquet``          ``limit``
 ``srlm-builtin``   as ``builtin``, for SRLM scoring EFT    as ``builtin``
 ``srlm-gsm8k``     as ``gsm8k``, for SRLM scoring EFT      as ``gsm8k``
+``search``         a search stage's output folder (EFT:   ``limit`` (right/wrong pairs), ``ties`` (tie
+                   the model's own candidates, labelled   pairs, verdict ``[[C]]``)
+                   by the exact checker)
 =================  =====================================  ================================================
 
 ``n`` is how many items the built-in task makes (it is unbounded), ``limit`` caps the items a file or dataset
@@ -148,6 +151,8 @@ KINDS: dict[str, _Kind] = {
     "prm800k": _Kind("path", FILE_OPTIONS, PARQUET_SUFFIXES, "prm800k:PATH?limit=2000"),
     "srlm-builtin": _Kind("task", BUILTIN_OPTIONS, example="srlm-builtin:arith?n=64"),
     "srlm-gsm8k": _Kind("path", FILE_OPTIONS, JSONL_SUFFIXES, "srlm-gsm8k:PATH?limit=700"),
+    # the model's own candidate steps from a search folder, labelled exactly (data.own_steps): on-policy EFT
+    "search": _Kind("dir", FILE_OPTIONS + EFT_ONLY_OPTIONS, example="search:runs/NAME-oracle/iter_1/search?limit=400"),
 }
 TASKS = ("arith",)
 FILE_KINDS = ("jsonl", "parquet")  # plain problem files
@@ -155,7 +160,7 @@ FILE_KINDS = ("jsonl", "parquet")  # plain problem files
 # Which kinds each field takes.
 PROBLEMS = ("builtin", "jsonl", "parquet", "hf")
 IFT = ("builtin", "gsm8k")
-EFT = ("builtin", "prm800k", "srlm-builtin", "srlm-gsm8k")
+EFT = ("builtin", "prm800k", "srlm-builtin", "srlm-gsm8k", "search")
 JUDGE_PAIRS = ("builtin", "prm800k")
 ALL = tuple(KINDS)
 
@@ -190,8 +195,9 @@ class Source:
 
     @property
     def path(self) -> Path | None:
-        """The local file, for file kinds."""
-        return Path(self.target).expanduser() if self.kind in KINDS and KINDS[self.kind].target == "path" else None
+        """The local file (or folder, for ``search``), for file kinds."""
+        local = self.kind in KINDS and KINDS[self.kind].target in ("path", "dir")
+        return Path(self.target).expanduser() if local else None
 
     @property
     def is_builtin(self) -> bool:
@@ -257,7 +263,7 @@ def parse_source(spec: str, kinds: tuple[str, ...] = ALL) -> Source:
     Traceback (most recent call last):
     ...
     openrlhf_psr.data.sources.SourceError: 'gsm8k:d/t.jsonl': expected a source of kind builtin, prm800k, \
-srlm-builtin or srlm-gsm8k here, found 'gsm8k'
+srlm-builtin, srlm-gsm8k or search here, found 'gsm8k'
     """
     if not isinstance(spec, str) or not spec.strip():
         raise SourceError(f"{spec!r}: expected a source such as builtin:arith or jsonl:PATH, found nothing")
@@ -301,6 +307,8 @@ def _target(spec: str, kind: str, target: str) -> str:
             hint = f" (did you mean {Path(target).with_suffix(close[0]).name!r}?)" if close else ""
             found = f"suffix {suffix!r}" if suffix else "no suffix"
             raise SourceError(f"{spec!r}: expected a {' or '.join(info.suffixes)} file, found {found}{hint}")
+    elif info.target == "dir":
+        pass  # any folder name; whether it holds a search is for the reader to say (it names what it found)
     elif not re.fullmatch(r"[^\s:]+(:[^\s:]+)?", target):
         raise SourceError(f"{spec!r}: expected a dataset NAME[:CONFIG], e.g. {info.example}, found {target!r}")
     return target

@@ -10,6 +10,7 @@ pairs it trained on (the check that no chosen/rejected swap hides between search
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,38 @@ def test_every_oracle_pair_has_the_arithmetically_correct_step_as_chosen(evidenc
     summary = json.loads((evidence / "out" / "evidence.json").read_text())
     agreement = summary["arms"]["oracle"]["oracle_agreement"]["iter_1"]
     assert agreement["agree"] == agreement["pairs"] == len(pairs)
+
+
+def test_the_oracle_search_folder_is_an_on_policy_eft_source(evidence):
+    """``search:DIR`` on what the real search wrote: every oracle pair whose prefix and steps check right/wrong
+    gives at least its round's rows; each row's verdict names the step the checker finds right (read back from the
+    row's judge prompt), the other step checks wrong."""
+    from openrlhf_psr.cli.sft_data import build
+    from openrlhf_psr.data.own_steps import read_trajectories
+    from openrlhf_psr.judges.oracle import check_step
+
+    pairs = _pairs(evidence / "evidence_mini-oracle")
+    labelled = 0
+    for pair in pairs:
+        q, previous = pair["question"], pair["prefix_steps"]
+        prefix_right = all(check_step(q, previous[:i], s).label == "right" for i, s in enumerate(previous))
+        labels = (check_step(q, previous, pair["chosen"]).label, check_step(q, previous, pair["rejected"]).label)
+        labelled += prefix_right and labels == ("right", "wrong")
+    if not labelled:
+        pytest.skip("this miniature's oracle search made no right-vs-wrong pair after a right prefix")
+    search = evidence / "evidence_mini-oracle" / "iter_1" / "search"
+    rows = build([], [f"search:{search}"])
+    assert len(rows) >= 2 * labelled
+    questions = {t.question for t in read_trajectories(search)}  # a rolled-back step's pair is not in pairs/
+    for row in rows:
+        [q] = [q for q in questions if q in row["input"]]
+        context = row["input"].split("[The Start of Assistant A's Next Reasoning Step]")[0]
+        previous = re.findall(r"^Step \d+: .*$", context.split(q, 1)[1], re.M)
+        steps = dict(re.findall(r"\[The Start of Assistant ([AB])'s Next Reasoning Step\]\n(.*?)\n\[The End",
+                                row["input"], re.S))  # fmt: skip
+        verdict = row["output"][-3]
+        assert check_step(q, previous, steps[verdict]).label == "right", row["output"]
+        assert check_step(q, previous, steps["B" if verdict == "A" else "A"]).label == "wrong", row["output"]
 
 
 def _margin(model: str, pairs: list[dict]) -> float:
