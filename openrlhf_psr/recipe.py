@@ -584,7 +584,7 @@ def file_problems(data: DataSpec, path: Path, data_root: str | None = None) -> l
     ``cluster.data_root``, see :func:`data_path`)."""
     from types import SimpleNamespace
 
-    from openrlhf_psr.data.sources import SourceError
+    from openrlhf_psr.data.sources import KINDS, SourceError
 
     located = SimpleNamespace(cluster=SimpleNamespace(data_root=data_root))  # what data_path reads of a recipe
 
@@ -600,8 +600,12 @@ def file_problems(data: DataSpec, path: Path, data_root: str | None = None) -> l
         except SourceError as exc:
             problems.append(f"{path}: {key}: {exc}")
             continue
-        if source is not None and source.path is not None and not data_path(located, source.target).is_file():
-            problems.append(f"{path}: {key}: file {data_path(located, source.target)} does not exist")
+        if source is None or source.path is None:
+            continue
+        local = data_path(located, source.target)
+        folder = KINDS[source.kind].target == "dir"  # a search output folder (search:DIR), not a file
+        if not (local.is_dir() if folder else local.is_file()):
+            problems.append(f"{path}: {key}: {'folder' if folder else 'file'} {local} does not exist")
     root = data.eval.data_root
     if root and not data_path(located, root).is_dir():
         problems.append(f"{path}: data.eval.data_root: folder {root} does not exist")

@@ -40,6 +40,13 @@ def test_missing_file_names_the_key_and_file(tmp_path):
         load_recipe(_write(tmp_path, data))
     with pytest.raises(RecipeError, match="recipe file .* does not exist"):
         load_recipe(tmp_path / "absent.yaml")
+    # a search folder (on-policy EFT) is a folder: its absence is named as one, its presence is no problem
+    missing = {**BASE, "data": {"eft": [f"search:{tmp_path / 'no_run'}/iter_1/search?limit=8"]}}
+    with pytest.raises(RecipeError, match=rf"data.eft\[0\]: folder {tmp_path}/no_run/iter_1/search does not exist"):
+        load_recipe(_write(tmp_path, missing))
+    (tmp_path / "run" / "iter_1" / "search").mkdir(parents=True)
+    found = load_recipe(_write(tmp_path, {**BASE, "data": {"eft": [f"search:{tmp_path / 'run'}/iter_1/search"]}}))
+    assert found.data.eft == [f"search:{tmp_path / 'run'}/iter_1/search"]
 
 
 def test_unknown_plugin_is_an_error_with_a_suggestion(tmp_path):
