@@ -50,24 +50,34 @@ def load_eval_problems(spec: str, data_root: str | None, seed: int):
 
 
 def load_judge_pairs(spec: str, seed: int):
-    """A judge set from a ``builtin:arith?n=N`` (default 16 pairs, seed 1000, the task's difficulty knobs) or
-    ``prm800k:PATH[?limit=N]`` source; its name is the source's kind."""
+    """A judge set from a ``builtin:arith?n=N`` (default 16 pairs, seed 1000, the task's difficulty knobs),
+    ``prm800k:PATH[?limit=N]`` or ``search:DIR[?limit=N]`` (a search's own candidates) source; its name is the
+    source's kind."""
     from openrlhf_psr.data.sources import JUDGE_PAIRS, parse_source
     from openrlhf_psr.eval.builtin_judge import builtin_judge_pairs, prm800k_judge_pairs
 
     source = parse_source(spec, JUDGE_PAIRS)
     if source.kind == "builtin":
         return source.kind, builtin_judge_pairs(source.get("n", 16), source.get("seed", 1000), source.difficulty())
+    if source.kind == "search":  # the model's own candidates, labelled by the exact checker
+        from openrlhf_psr.data.own_steps import own_step_judge_pairs
+
+        return source.kind, own_step_judge_pairs(source.path, source.get("limit"), seed)
     return source.kind, prm800k_judge_pairs(str(source.path), source.get("limit"), seed)
 
 
 def load_tie_pairs(spec: str) -> list:
     """For a built-in judge set: its problems' two-wrong-step pairs (``eval.builtin_judge.builtin_tie_pairs``),
-    where a judge offered a tie should call one; none for other sets (no pair there is known to be a tie)."""
+    where a judge offered a tie should call one; for a search folder, its rounds' two wrong candidates; none for
+    PRM800K (no pair there is known to be a tie)."""
     from openrlhf_psr.data.sources import JUDGE_PAIRS, parse_source
     from openrlhf_psr.eval.builtin_judge import builtin_tie_pairs
 
     source = parse_source(spec, JUDGE_PAIRS)
+    if source.kind == "search":  # the two wrong candidates of a round: the model's own slips
+        from openrlhf_psr.data.own_steps import own_step_judge_pairs
+
+        return own_step_judge_pairs(source.path, source.get("limit"), ties=True)
     if source.kind != "builtin":
         return []
     return builtin_tie_pairs(source.get("n", 16), source.get("seed", 1000), source.difficulty())

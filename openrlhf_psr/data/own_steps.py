@@ -36,7 +36,7 @@ from openrlhf_psr.errors import DataError
 from openrlhf_psr.io import read_jsonl
 from openrlhf_psr.judges.oracle import check_step, step_result
 from openrlhf_psr.prompts import render_judge_prompt
-from openrlhf_psr.records import Trajectory, read_records
+from openrlhf_psr.records import JudgedStepPair, Trajectory, read_records
 from openrlhf_psr.steps import normalize_candidate
 
 _ACCEPTS = ("accept", "accept_unanimous")
@@ -129,13 +129,20 @@ def labelled_rounds(trajectories: Iterable[Trajectory]) -> Iterator[LabelledRoun
 
 def own_step_pairs(rounds: Sequence[LabelledRound]) -> tuple[list[tuple], list[tuple]]:
     """``(right_vs_wrong, ties)``: ``(round, right, wrong)`` for every right/wrong candidate pair, and
-    ``(round, right, wrong_a, wrong_b)`` for every two wrong candidates with different results in a round that
-    also has a right one (its check opens the tie answer)."""
-    pairs, ties = [], []
+    ``(round, right, wrong_a, wrong_b)`` for every two wrong candidates with different results (``right``: the
+    round's first right candidate, whose check opens a tie answer; None where every candidate is wrong). A pair
+    sampled again after a rollback (same question, prefix and two steps) is counted once."""
+    pairs, ties, seen = [], [], set()
+
+    def new(r: LabelledRound, a: str, b: str) -> bool:
+        key = (r.question, r.previous_steps, *sorted((a, b)))
+        return key not in seen and not seen.add(key)
+
     for r in rounds:
-        pairs += [(r, good, bad) for good in r.right for bad in r.wrong]
-        if r.right:
-            ties += [(r, r.right[0], a, b) for i, a in enumerate(r.wrong) for b in r.wrong[i + 1 :] if a[1] != b[1]]
+        pairs += [(r, good, bad) for good in r.right for bad in r.wrong if new(r, good[0], bad[0])]
+        first = r.right[0] if r.right else None
+        ties += [(r, first, a, b) for i, a in enumerate(r.wrong) for b in r.wrong[i + 1 :]
+                 if a[1] != b[1] and new(r, a[0], b[0])]  # fmt: skip
     return pairs, ties
 
 
@@ -146,6 +153,7 @@ def own_step_eft(trajectories: Iterable[Trajectory], *, limit: int | None = None
     from openrlhf_psr.data.sft import checking_rationale, tie_rationale
 
     pairs, tie_pairs = own_step_pairs(list(labelled_rounds(trajectories)))
+    tie_pairs = [t for t in tie_pairs if t[1] is not None]  # a tie answer opens with a right step's check
     rng = random.Random(seed)
     if limit is not None and limit < len(pairs):
         pairs = rng.sample(pairs, limit)
@@ -174,3 +182,21 @@ def search_source_eft(folder: str | Path, *, limit: int | None = None, ties: int
         raise DataError(f"{folder}: no round of its step-wise search has a right prefix and a right and a wrong "
                         "candidate the exact checker can label (built-in task problems only)")  # fmt: skip
     return records
+
+
+def own_step_judge_pairs(folder: str | Path, limit: int | None = None, seed: int = 0, *,
+                         ties: bool = False) -> list[JudgedStepPair]:  # fmt: skip
+    """A judge set of the model's own candidates (evaluation, ``data.eval.judge_sets: [search:DIR?limit=N]``):
+    right-vs-wrong pairs after a right prefix, as the search's judge saw them, ``limit`` of them (a seeded random
+    subset); ``ties``: the two-wrong pairs instead (``better``/``worse`` are only positions), where a judge offered
+    a tie should call one. Held out only if DIR's prompts were not an EFT source's."""
+    pairs, tie_pairs = own_step_pairs(list(labelled_rounds(read_trajectories(folder))))
+    if ties:
+        rows = [JudgedStepPair(r.question, r.previous_steps, a, b, source=f"{r.source}#tie")
+                for r, _, (a, _), (b, _) in tie_pairs]  # fmt: skip
+    else:
+        rows = [JudgedStepPair(r.question, r.previous_steps, good, bad, is_final="\\boxed" in good, source=r.source)
+                for r, (good, _), (bad, _) in pairs]  # fmt: skip
+    if limit is not None and limit < len(rows):
+        rows = random.Random(seed).sample(rows, limit)
+    return rows

@@ -15,9 +15,9 @@ kind               target                                 options
 ``prm800k``        PRM800K step-wise ``.parquet``          ``limit``
 ``srlm-builtin``   as ``builtin``, for SRLM scoring EFT    as ``builtin``
 ``srlm-gsm8k``     as ``gsm8k``, for SRLM scoring EFT      as ``gsm8k``
-``search``         a search stage's output folder (EFT:   ``limit`` (right/wrong pairs), ``ties`` (tie
-                   the model's own candidates, labelled   pairs, verdict ``[[C]]``)
-                   by the exact checker)
+``search``         a search stage's output folder: the    ``limit`` (right/wrong pairs); EFT only:
+                   model's own candidates, labelled by    ``ties`` (tie pairs, verdict ``[[C]]``)
+                   the exact checker (EFT, judge sets)
 =================  =====================================  ================================================
 
 ``n`` is how many items the built-in task makes (it is unbounded), ``limit`` caps the items a file or dataset
@@ -161,7 +161,7 @@ FILE_KINDS = ("jsonl", "parquet")  # plain problem files
 PROBLEMS = ("builtin", "jsonl", "parquet", "hf")
 IFT = ("builtin", "gsm8k")
 EFT = ("builtin", "prm800k", "srlm-builtin", "srlm-gsm8k", "search")
-JUDGE_PAIRS = ("builtin", "prm800k")
+JUDGE_PAIRS = ("builtin", "prm800k", "search")
 ALL = tuple(KINDS)
 
 

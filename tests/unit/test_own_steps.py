@@ -96,9 +96,9 @@ def test_rows_are_the_judge_prompts_the_search_showed_with_the_checked_right_ste
     folder, seen = oracle_search
     shown = {c.prompt() for c in seen}
     rows = own_step_eft(read_trajectories(folder))
-    # step 1: right vs false claim (twice: the round is searched again after the rollback); step 2: right vs the
-    # false claim and vs the true equation on other numbers; the rollback round's two right steps make no row
-    assert len(rows) == 2 * (1 + 1 + 2)
+    # step 1: right vs false claim (once, though the round is searched again after the rollback); step 2: right vs
+    # the false claim and vs the true equation on other numbers; the rollback round's two right steps make no row
+    assert len(rows) == 2 * (1 + 2)
     for row in rows:
         assert row["input"] in shown  # the very prompt the search's judge read
         steps = _steps(row["input"])
@@ -174,3 +174,24 @@ def test_doctests():
     import openrlhf_psr.data.own_steps as own_steps
 
     assert doctest.testmod(own_steps).failed == 0
+
+
+def test_a_search_folder_is_a_judge_set_of_the_models_own_slips(oracle_search):
+    """``data.eval.judge_sets: [search:DIR]``: right-vs-wrong pairs the exact checker labels (the oracle judge is
+    right on all of them, a judge preferring the slip on none), and the two wrong candidates as the tie set."""
+    from openrlhf_psr.cli.evaluate import load_judge_pairs, load_tie_pairs
+    from openrlhf_psr.eval.judge_accuracy import judge_accuracy
+
+    folder, _ = oracle_search
+    name, pairs = load_judge_pairs(f"search:{folder}", seed=0)
+    assert name == "search" and len(pairs) == 3
+    for p in pairs:
+        assert check_step(P.question, p.previous_steps, p.better).label == "right"
+        assert check_step(P.question, p.previous_steps, p.worse).label == "wrong"
+    assert judge_accuracy(OracleJudge(), pairs)["accuracy"] == 1.0
+    assert judge_accuracy(PrefersTheSlip(), pairs)["accuracy"] < 1.0
+    assert len(load_judge_pairs(f"search:{folder}?limit=2", seed=0)[1]) == 2
+    [tie] = load_tie_pairs(f"search:{folder}")
+    assert {tie.better, tie.worse} == {FALSE_2, OFF_2}
+    with pytest.raises(SourceError, match="option ties is for EFT sources only"):
+        load_judge_pairs(f"search:{folder}?ties=3", seed=0)
