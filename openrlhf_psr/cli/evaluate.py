@@ -4,7 +4,8 @@ of one model, written to ``OUT/eval.json`` (one engine for everything).
 Benchmarks are ``NAME[?OPTIONS]`` or ``NAME=SOURCE`` (:mod:`openrlhf_psr.data.sources`): a paper benchmark under
 ``--data-root`` (e.g. ``gsm8k?limit=50``), a paper benchmark from another file or dataset
 (``math500=jsonl:/path/test.jsonl``), or the built-in task (``arith?n=24``, seed 7 unless given). Judge sets are
-sources: ``builtin:arith?n=N`` (seed 1000 unless given) or ``prm800k:PATH[?limit=N]``; judges are registry names
+sources: ``builtin:arith?n=N`` (seed 1000 unless given), ``prm800k:PATH[?limit=N]`` or ``search:DIR[?limit=N]`` (a
+search's own right-vs-wrong candidates, labelled by the exact checker); judges are registry names
 (``generative``, ``logit``).
 A killed evaluation resumes: every finished benchmark and judge set is kept whole under ``OUT/parts/`` and reused
 while the model's files and the settings are unchanged (:mod:`openrlhf_psr.eval.parts`); test-time scaling resumes
