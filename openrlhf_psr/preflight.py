@@ -140,6 +140,7 @@ def run_preflight(run, runs_dir) -> tuple[list[str], list[str]]:
     _eval_sources(recipe, problems, notes)
     _resources(recipe, problems, notes)
     problems += vllm_settings_problems(recipe.psr.generator.name, recipe.psr.generator.settings)
+    problems += head_dtype_problems(recipe.psr.generator.name, recipe.psr.generator.settings)
     try:
         for stage in run.plan():
             out = Path(stage.output).resolve()
@@ -148,6 +149,23 @@ def run_preflight(run, runs_dir) -> tuple[list[str], list[str]]:
     except UserError as exc:
         problems += exc.problems
     return problems, notes
+
+
+def head_dtype_problems(generator: str, settings: dict) -> list[str]:
+    """A ``head_dtype`` the ``openrlhf_ray`` engines cannot serve (they get it through a config view, see
+    :mod:`openrlhf_psr.engines.head_dtype`), said before any stage starts.
+
+    >>> head_dtype_problems("openrlhf_ray", {"head_dtype": "fp32"})
+    ["psr.generator.settings.head_dtype: 'fp32' is not one of float32, bfloat16, float16, model"]
+    >>> head_dtype_problems("openrlhf_ray", {"head_dtype": "model"})
+    []
+    """
+    from openrlhf_psr.engines.head_dtype import HEAD_DTYPES
+
+    value = settings.get("head_dtype", "float32")
+    if generator != "openrlhf_ray" or value in HEAD_DTYPES:
+        return []
+    return [f"psr.generator.settings.head_dtype: {value!r} is not one of {', '.join(HEAD_DTYPES)}"]
 
 
 def vllm_settings_problems(generator: str, settings: dict, engine_fields: set[str] | None = None) -> list[str]:

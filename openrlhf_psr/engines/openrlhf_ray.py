@@ -122,10 +122,18 @@ def create_engines(
     enable_prefix_caching: bool = True,
     enforce_eager: bool = False,
     gpu_memory_utilization: float = 0.9,  # vLLM's default; upstream passes None through, which vLLM rejects
+    head_dtype: str = "float32",
 ):
-    """Upstream's ``create_vllm_engines`` with this project's defaults (prefix caching on)."""
-    from openrlhf_psr.compat import install
+    """Upstream's ``create_vllm_engines`` with this project's defaults (prefix caching on).
 
+    ``head_dtype`` is the LM head's dtype, as for the in-process engine: fp32 by default, so the logit judge's
+    P("A")/P("B") are fp32 verdict logits (upstream's engines run bf16 and take no ``hf_overrides``: the engines get
+    the model's :func:`~openrlhf_psr.engines.head_dtype.with_head_dtype` view); ``"model"`` keeps the model's dtype.
+    """
+    from openrlhf_psr.compat import install
+    from openrlhf_psr.engines.head_dtype import with_head_dtype
+
+    served = with_head_dtype(resolve_model(model), head_dtype)
     install()
     import ray
     from openrlhf.trainer.ray.vllm_engine import create_vllm_engines
@@ -135,7 +143,7 @@ def create_engines(
     engines = create_vllm_engines(
         num_engines,
         tensor_parallel_size,
-        resolve_model(model),
+        served,
         seed,
         False,  # full_determinism
         enable_prefix_caching,

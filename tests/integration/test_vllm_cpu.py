@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from openrlhf_psr.engines.head_dtype import view_path
 from openrlhf_psr.engines.vllm_local import CPU_BLOCK_SIZE
 
 pytestmark = pytest.mark.integration
@@ -61,7 +62,7 @@ def test_many_seeded_requests_with_long_prompts_do_not_crash_the_cpu_engine(defa
     assert all(len(c.token_ids) == 4 for o in outputs for c in o.outputs)
 
 
-def test_openrlhf_vllm_engines_generate_inside_a_local_ray_cluster(ray_default_engine):
+def test_openrlhf_vllm_engines_generate_inside_a_local_ray_cluster(ray_default_engine, default_model):
     """Upstream's create_vllm_engines + RolloutRayActor.generate, called as upstream calls it.
 
     With n > 1 the actor must be asked for the final output only: it keeps the last streamed RequestOutput.
@@ -90,10 +91,16 @@ def test_openrlhf_vllm_engines_generate_inside_a_local_ray_cluster(ray_default_e
             lambda a: (
                 a.llm.vllm_config.cache_config.block_size,
                 a.llm.vllm_config.scheduler_config.enable_chunked_prefill,
+                str(a.llm.vllm_config.model_config.head_dtype),
+                a.llm.vllm_config.model_config.model,
             )
         )
     )
-    assert config == (CPU_BLOCK_SIZE, False) and CPU_BLOCK_SIZE == 32
+    assert config[:2] == (CPU_BLOCK_SIZE, False) and CPU_BLOCK_SIZE == 32
+    # The LM head runs in fp32 (the logit judge's P("A")/P("B"), as on the in-process engine), though upstream builds
+    # the engine in bf16 with no hf_overrides: the actor serves the model's head_dtype view (engines/head_dtype.py).
+    assert config[2] == "torch.float32"
+    assert config[3] == str(view_path(default_model, "float32"))
     assert seeded_requests_crash(actor) is False
     assert ray_default_engine.per_request_seeds is True
 
