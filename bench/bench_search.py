@@ -188,8 +188,9 @@ def main() -> None:
     parser.add_argument(
         "--generator", default="vllm", choices=["vllm", "openrlhf_ray"],
         help="the engine searched and judged on: the in-process vLLM engine, or OpenRLHF's own RolloutRayActor "
-        "engines (create_vllm_engines in a local Ray cluster, the recipes' cluster path; bf16 only, their KV block "
-        "is fixed at creation, so no block-size baseline)",
+        "engines (create_vllm_engines in a local Ray cluster, the recipes' cluster path; a bf16 body with the LM "
+        "head in fp32 through the model's head_dtype view, their KV block fixed at creation, so no block-size "
+        "baseline)",
     )  # fmt: skip
     args = parser.parse_args()
     if args.generator == "openrlhf_ray" and (args.dtype != "bfloat16" or args.block_size):
