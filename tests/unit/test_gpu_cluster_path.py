@@ -242,6 +242,41 @@ def test_openrlhf_ray_keeps_per_request_seeds_when_the_engines_are_on_gpu_and_th
     assert forced.per_request_seeds is True
 
 
+def test_openrlhf_ray_waits_for_a_slow_engine_start_and_says_when_it_never_comes(monkeypatch):
+    """The first call to a new engine actor waits for its construction (model load, torch.compile, CUDA graphs:
+    minutes at 7B). It used to time out after 120 s: a compiled engine of the 135M default on 2 CPU cores took
+    longer, so ``bench_search.py --compile --generator openrlhf_ray`` died in ``OpenRLHFRayEngine.create``. (Ray is a
+    stand-in here: the unit suite imports no Ray; the bench run above is the real check.)"""
+    import types
+
+    from openrlhf_psr.engines import openrlhf_ray
+    from openrlhf_psr.errors import UserError
+
+    class GetTimeoutError(Exception):
+        pass
+
+    waited = []
+
+    def get(ref, timeout=None):
+        waited.append(timeout)
+        if timeout is not None and ref["starts_in_s"] > timeout:
+            raise GetTimeoutError()
+        return False
+
+    fake_ray = types.SimpleNamespace(get=get, exceptions=types.SimpleNamespace(GetTimeoutError=GetTimeoutError))
+    monkeypatch.setitem(__import__("sys").modules, "ray", fake_ray)
+
+    def actor(starts_in_s):
+        call = types.SimpleNamespace(remote=lambda fn: {"starts_in_s": starts_in_s})
+        return types.SimpleNamespace(__ray_call__=call)
+
+    assert openrlhf_ray.seeded_requests_crash(actor(starts_in_s=150)) is False  # a compiled 135M engine on CPU
+    assert openrlhf_ray.seeded_requests_crash(actor(starts_in_s=20 * 60)) is False  # a 72B engine at TP 8
+    assert min(waited) >= 30 * 60
+    with pytest.raises(UserError, match=r"did not start within 60 s \(model load, compilation\)"):
+        openrlhf_ray.seeded_requests_crash(actor(starts_in_s=90), timeout_s=60)
+
+
 def test_openrlhf_ray_pins_every_request_of_a_problem_to_one_engine():
     from openrlhf_psr.engines.base import SampleRequest
     from openrlhf_psr.engines.openrlhf_ray import engine_index
