@@ -128,6 +128,29 @@ def abstention_rate(probs) -> float:
     return sum(1 for p in probs if p != p or p == 0.5) / len(probs) if probs else float("nan")
 
 
+def prob_differences(probs, others) -> str:
+    """The P(A) differences of two backends on the same comparisons: the maximum (issue 11's check), the mean and the
+    99th percentile, and how often both read the same verdict (the same side of 0.5; a tie at 0.5 counts apart).
+
+    >>> prob_differences([0.9, 0.2, 0.5, 0.7], [0.88, 0.25, 0.5, 0.4])
+    'max 0.3000  mean 0.0925  p99 0.2925  same verdict 3/4'
+    """
+    diffs = sorted(abs(a - b) for a, b in zip(probs, others, strict=True))
+    if not diffs:
+        return "no comparisons"
+    p99 = _quantile(diffs, 0.99)
+    side = lambda p: (p > 0.5) - (p < 0.5)  # noqa: E731
+    same = sum(side(a) == side(b) for a, b in zip(probs, others, strict=True))
+    return f"max {diffs[-1]:.4f}  mean {sum(diffs) / len(diffs):.4f}  p99 {p99:.4f}  same verdict {same}/{len(diffs)}"
+
+
+def _quantile(ordered, q: float) -> float:
+    position = q * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
 def knockout_agreement(store) -> dict:
     """Replay knockout on each round robin round's candidates using the recorded verdicts."""
     from openrlhf_psr.records import Judgment, Trajectory, read_records
@@ -191,6 +214,12 @@ def main() -> None:
         "engines (create_vllm_engines in a local Ray cluster, the recipes' cluster path; a bf16 body with the LM "
         "head in fp32 through the model's head_dtype view, their KV block fixed at creation, so no block-size "
         "baseline)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--baseline-head-dtype", default=None, choices=["model"],
+        help="replay the same judge comparisons on a second engine whose LM head runs in the model's dtype (bf16) "
+        "instead of fp32, same run: how much of the engine-vs-transformers P(A) difference the head's dtype makes "
+        "(with openrlhf_ray the first engine is closed first, the local cluster has one logical GPU)",
     )  # fmt: skip
     args = parser.parse_args()
     if args.generator == "openrlhf_ray" and (args.dtype != "bfloat16" or args.block_size):
@@ -286,6 +315,20 @@ def main() -> None:
     c_elapsed = time.perf_counter() - start
     c_tokens = sum(len(s.token_ids) for o in out for s in o)
 
+    heads = None
+    if args.baseline_head_dtype:
+        # a second engine that differs only in its LM head's dtype, the same judge batches (empty cache, as above)
+        if args.generator == "openrlhf_ray":
+            base.close()
+            other = OpenRLHFRayEngine.create(
+                args.model, max_model_len=2048, enforce_eager=not args.compile, head_dtype=args.baseline_head_dtype
+            )
+        else:
+            other = VLLMLocalEngine(model=args.model, max_model_len=2048, dtype=args.dtype,
+                                    head_dtype=args.baseline_head_dtype, **engine_kwargs)  # fmt: skip
+        other.generate([SampleRequest((1, 2, 3), n=2, max_tokens=8, temperature=1.0)])
+        heads = replay(LogitJudge(args.model, engine=other, backend="engine"), batches)[1]
+
     blocks = None
     if args.baseline_block_size and args.baseline_block_size != block_size:
         # a second engine that differs only in its KV block size: the same judge batches (empty cache, as above)
@@ -343,6 +386,11 @@ def main() -> None:
           f"transformers {f_tokens / n:.0f} (batches of {forward.inner.batch_size}, padded); "
           f"FLOP ceiling of the speed-up {f_tokens / e_tokens:.2f}x")  # fmt: skip
     print(f"  P(A) max abs difference engine vs transformers: {diff:.4f}   (target <= 0.02)")
+    print(f"  P(A) abs difference, all: {prob_differences(e_probs, f_probs)}")
+    if heads is not None:
+        print(f"  the same with the engine's LM head in the model's dtype (second engine, same run): "
+              f"{prob_differences(heads, f_probs)}")  # fmt: skip
+        print(f"  this engine (fp32 head) vs that one: {prob_differences(e_probs, heads)}")
     print(f"share of search wall time spent judging at w={config.width} (logit judge, prob aggregation):")
     print(f"  engine log-probs      {100 * on_engine.seconds / l_elapsed:5.1f}% of {l_elapsed:.1f} s   "
           f"abstention rate {l_summary['abstention_rate']}   (goal <= 50%)")  # fmt: skip
