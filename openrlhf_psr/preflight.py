@@ -160,12 +160,10 @@ def head_dtype_problems(generator: str, settings: dict) -> list[str]:
     >>> head_dtype_problems("openrlhf_ray", {"head_dtype": "model"})
     []
     """
-    from openrlhf_psr.engines.head_dtype import HEAD_DTYPES
+    from openrlhf_psr.engines.head_dtype import head_dtype_problem
 
-    value = settings.get("head_dtype", "float32")
-    if generator != "openrlhf_ray" or value in HEAD_DTYPES:
-        return []
-    return [f"psr.generator.settings.head_dtype: {value!r} is not one of {', '.join(HEAD_DTYPES)}"]
+    problem = head_dtype_problem(settings.get("head_dtype", "float32")) if generator == "openrlhf_ray" else None
+    return [problem] if problem else []
 
 
 def vllm_settings_problems(generator: str, settings: dict, engine_fields: set[str] | None = None) -> list[str]:

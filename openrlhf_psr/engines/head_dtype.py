@@ -27,6 +27,19 @@ from openrlhf_psr.model_cache import _file_lock
 HEAD_DTYPES = ("float32", "bfloat16", "float16", "model")  # "model": the model's own dtype (vLLM's default)
 
 
+def head_dtype_problem(value: str) -> str | None:
+    """The one-line refusal of a ``head_dtype`` these engines cannot serve (preflight and engine start say the same).
+
+    >>> head_dtype_problem("fp32")
+    "psr.generator.settings.head_dtype: 'fp32' is not one of float32, bfloat16, float16, model"
+    >>> head_dtype_problem("model") is None
+    True
+    """
+    if value in HEAD_DTYPES:
+        return None
+    return f"psr.generator.settings.head_dtype: {value!r} is not one of {', '.join(HEAD_DTYPES)}"
+
+
 def view_path(model: str | os.PathLike, head_dtype: str) -> Path:
     """Where the view of ``model`` with ``head_dtype`` lives.
 
@@ -75,10 +88,10 @@ def with_head_dtype(model: str, head_dtype: str = "float32") -> str:
     >>> with_head_dtype(str(model), "model") == str(model)
     True
     """
-    if head_dtype not in HEAD_DTYPES:
+    if problem := head_dtype_problem(head_dtype):
         from openrlhf_psr.errors import UserError
 
-        raise UserError(f"psr.generator.settings.head_dtype: {head_dtype!r} is not one of {', '.join(HEAD_DTYPES)}")
+        raise UserError(problem)
     if head_dtype == "model":
         return model
     source = Path(model)
