@@ -21,6 +21,11 @@ SMALL_HOST_CORES = 4
 RESERVED_CPU_ENV = "VLLM_CPU_NUM_OF_RESERVED_CPU"
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def claim_reserved_cpu_cores(environ: MutableMapping[str, str] | None = None, cores: int | None = None) -> bool:
     """On a host with at most :data:`SMALL_HOST_CORES` usable cores, let vLLM's CPU worker compute on all of them
     (``VLLM_CPU_NUM_OF_RESERVED_CPU=0``) unless the variable is already set. Must run before the engine starts (its
@@ -33,8 +38,7 @@ def claim_reserved_cpu_cores(environ: MutableMapping[str, str] | None = None, co
     (False, False)
     """
     environ = os.environ if environ is None else environ
-    if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores() if cores is None else cores
     if RESERVED_CPU_ENV in environ or cores > SMALL_HOST_CORES:
         return False
     environ[RESERVED_CPU_ENV] = "0"

