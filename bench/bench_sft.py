@@ -8,10 +8,13 @@ of upstream ``python -m openrlhf.cli.train_sft``; only the batch shapes differ:
 
 - ``baseline``: what tiny_cpu ran before (micro batch 4, rows padded to the longest of the micro batch).
 - ``micro1``: micro batch 1 (no padding at all, but 4x as many small matmuls).
-- ``packed``: ``--ds.packing_samples`` with micro batch 8 (= the whole optimiser batch): upstream removes the padding
-  and runs the rows as one sequence; transformers >= 5 builds the block-diagonal causal mask for sdpa from the
-  restarting position ids, so rows never attend to each other (checked by tests/integration/test_sft_packing.py).
+- ``packed``: ``--ds.packing_samples`` with the micro batch = the whole optimiser batch: upstream removes the
+  padding and runs the rows as one sequence; transformers >= 5 builds the block-diagonal causal mask for sdpa from
+  the restarting position ids, so rows never attend to each other (checked by tests/integration/test_sft_packing.py).
   Upstream switches packing to flash-attn, which CPUs lack: the CPU patch 0004 keeps sdpa.
+- ``packed4`` / ``packed2``: packed micro batches of 4 / 2 rows, gradients accumulated up to the same optimiser batch.
+  sdpa with a block-diagonal mask computes the whole (packed length)^2 score matrix, so one 16-row sequence of
+  ~6,000 tokens spends most of its time on scores it masks out; shorter packs keep no padding and skip that.
 
 Printed: trained tokens/s in the loop (non-pad tokens of prompt + response, from the TensorBoard event times of
 steps 2..N so start-up is excluded; also from the median step time, which other processes on a shared machine
@@ -35,7 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 VARIANTS = {
     "baseline": {"micro": 4, "extra": []},
     "micro1": {"micro": 1, "extra": []},
-    "packed": {"micro": 8, "extra": ["--ds.packing_samples"]},
+    "packed": {"micro": None, "extra": ["--ds.packing_samples"]},  # None: the optimiser batch
+    "packed4": {"micro": 4, "extra": ["--ds.packing_samples"]},
+    "packed2": {"micro": 2, "extra": ["--ds.packing_samples"]},
 }
 
 
@@ -80,9 +85,9 @@ def main() -> None:
     parser.add_argument("--model", default="default")
     parser.add_argument("--ift", type=int, default=48, help="built-in IFT examples")
     parser.add_argument("--eft", type=int, default=24, help="built-in EFT pairs (x2 orders)")
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=16, help="optimiser batch (the CPU recipes' 16)")
     parser.add_argument("--max-len", type=int, default=768)
-    parser.add_argument("--variants", default="baseline,packed", help=f"comma list of {', '.join(VARIANTS)}")
+    parser.add_argument("--variants", default="baseline,packed,packed4", help=f"comma list of {', '.join(VARIANTS)}")
     args = parser.parse_args()
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in names if v not in VARIANTS]
@@ -110,11 +115,12 @@ def main() -> None:
         data.write_text("".join(json.dumps(r) + "\n" for r in rows))
         for name in names:
             variant, out = VARIANTS[name], tmp / name
+            micro = variant["micro"] or args.batch
             cmd = [sys.executable, "-m", "openrlhf.cli.train_sft", "--model.model_name_or_path", model,
                    "--data.dataset", str(data), "--data.input_key", "prompt", "--data.output_key", "response",
                    "--data.input_template", "{}", "--data.max_len", str(args.max_len), "--train.max_epochs", "1",
                    "--adam.lr", "5e-5", "--train.batch_size", str(args.batch),
-                   "--train.micro_batch_size", str(variant["micro"]), "--train.seed", "0", "--ds.zero_stage", "2",
+                   "--train.micro_batch_size", str(micro), "--train.seed", "0", "--ds.zero_stage", "2",
                    "--ds.param_dtype", "bf16", "--ds.attn_implementation", "sdpa", "--logger.logging_steps", "1",
                    "--ckpt.output_dir", str(out / "model"), "--logger.tensorboard_dir", str(out / "tb"),
                    *variant["extra"]]  # fmt: skip
@@ -124,7 +130,7 @@ def main() -> None:
             # upstream's sampler shuffles with the seed, identically for every variant: per-step token counts are
             # taken as the average, so the ratio between variants is exact and the absolute figure is an estimate
             per_step = real / steps
-            ran = padded_tokens(lengths, variant["micro"], bool(variant["extra"]))
+            ran = padded_tokens(lengths, micro, bool(variant["extra"]))
             results[name] = {"loop_tok_s": per_step * (steps - 1) / seconds, "median_tok_s": per_step / median,
                              "peak_rss_gib": rss, "wall_s": wall, "steps": steps,
                              "ran_per_real": ran / real}  # fmt: skip

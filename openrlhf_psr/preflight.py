@@ -93,6 +93,11 @@ def _problem_text(exc: BaseException) -> str:
 # What opening a data source may raise for bad data (anything else is a bug and propagates).
 _DATA_ERRORS = (UserError, ValueError, KeyError, OSError)
 
+# Rows per packed SFT sequence above which CPU SFT slows down: without flash-attn, sdpa gets a block-diagonal mask
+# and computes the whole (packed length)^2 score matrix. bench/bench_sft.py, batch 16 on 2 cores: 2 rows per pack
+# 188.5 tokens/s, 4 rows 173.8, 16 rows 76.0 (slower than padding, 172.7, at twice the memory).
+CPU_PACKED_ROWS = 4
+
 
 def _looks_local(model: str) -> bool:
     from openrlhf_psr.data.problems import local_path
@@ -137,6 +142,7 @@ def run_preflight(run, runs_dir) -> tuple[list[str], list[str]]:
 
     _prompts(recipe, problems, notes)
     _sft_sources(recipe, problems, notes)
+    _sft_packing(recipe, notes)
     _eval_sources(recipe, problems, notes)
     _resources(recipe, problems, notes)
     problems += vllm_settings_problems(recipe.psr.generator.name, recipe.psr.generator.settings)
@@ -282,6 +288,19 @@ def _sft_sources(recipe, problems: list[str], notes: list[str]) -> None:
                 problems.append(f"{key}: {spec}: expected training examples, found none")
             else:
                 notes.append(f"{key}: {spec}: {len(records)} examples")
+
+
+def _sft_packing(recipe, notes: list[str]) -> None:
+    """A note (not a refusal: it runs, slowly) when CPU SFT packs more rows per sequence than sdpa handles well."""
+    from openrlhf_psr.plan import _flag
+
+    flags, sft = recipe.openrlhf.get("sft", {}), recipe.stages.sft
+    micro = _flag(flags, "--train.micro_batch_size", sft.micro_batch_size)
+    on_cpu = recipe.resources.num_gpus == 0 and recipe.resources.launcher == "local"
+    if sft.enabled and on_cpu and _flag(flags, "--ds.packing_samples", False) and micro > CPU_PACKED_ROWS:
+        notes.append(f"stages.sft.micro_batch_size: {micro} rows per packed sequence on CPU: sdpa computes the whole "
+                     f"(packed length)^2 attention scores; {CPU_PACKED_ROWS} or fewer train faster "
+                     "(bench/bench_sft.py: 2 rows 2.48x the tokens/s of 16)")  # fmt: skip
 
 
 def _eval_sources(recipe, problems: list[str], notes: list[str]) -> None:

@@ -46,3 +46,18 @@ def test_prompt_counts_are_checked_against_the_problems_a_file_holds(tmp_path):
     problems, _ = run_preflight(run, tmp_path / "runs")
     assert problems == ["stages.prompts_per_iteration: [4, 4] need 8 problems over 2 iteration(s), found 6 in "
                         f"jsonl:{data}"]  # fmt: skip
+
+
+def test_cpu_sft_that_packs_many_rows_per_sequence_gets_a_note(tmp_path):
+    from openrlhf_psr.launcher import RecipeRun
+    from openrlhf_psr.recipe import load_recipe
+
+    def notes(*overrides):
+        run = RecipeRun(load_recipe(REPO / "recipes" / "tiny_cpu.yaml", list(overrides)), runs_dir=tmp_path / "runs")
+        return [n for n in run_preflight(run, tmp_path / "runs")[1] if "packed sequence" in n]
+
+    assert notes() == []  # the recipe's own two rows per pack
+    [note] = notes("stages.sft.micro_batch_size=16")
+    assert note.startswith("stages.sft.micro_batch_size: 16 rows per packed sequence on CPU"), note
+    assert notes("stages.sft.micro_batch_size=16", "openrlhf.sft={ds.packing_samples: false}") == []  # padded rows
+    assert notes("openrlhf.sft={ds.packing_samples: true, train.micro_batch_size: 8}") != []  # the flag wins
