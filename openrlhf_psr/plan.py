@@ -442,7 +442,7 @@ def plan_vllm(
 # -- from a recipe --------------------------------------------------------------------------------------------
 
 
-def _flag(flags: dict, name: str, default):
+def passthrough_flag(flags: dict, name: str, default):
     """An upstream pass-through flag as the launcher will pass it (it comes after ours, so it wins)."""
     for key in (name, name.removeprefix("--")):
         if key in flags and flags[key] is not None:
@@ -465,11 +465,13 @@ def training_settings(recipe, stage: str) -> TrainSettings:
     hp = recipe.stages.sft if stage == "sft" else recipe.dpo
     dpo = stage == "dpo"
     return TrainSettings(
-        zero_stage=_flag(flags, "--ds.zero_stage", spec.zero_stage),
-        adam_offload=_flag(flags, "--ds.adam_offload", spec.adam_offload),
-        ref_offload=dpo and _flag(flags, "--ref.offload", spec.ref_offload),
-        gradient_checkpointing=_flag(flags, "--model.gradient_checkpointing_enable", spec.gradient_checkpointing),
-        micro_batch_size=_flag(flags, "--train.micro_batch_size", hp.micro_batch_size),
+        zero_stage=passthrough_flag(flags, "--ds.zero_stage", spec.zero_stage),
+        adam_offload=passthrough_flag(flags, "--ds.adam_offload", spec.adam_offload),
+        ref_offload=dpo and passthrough_flag(flags, "--ref.offload", spec.ref_offload),
+        gradient_checkpointing=passthrough_flag(
+            flags, "--model.gradient_checkpointing_enable", spec.gradient_checkpointing
+        ),
+        micro_batch_size=passthrough_flag(flags, "--train.micro_batch_size", hp.micro_batch_size),
         max_len=hp.max_len,
         # step DPO scores the two steps only; SRLM pairs are whole solutions: count every position
         scored_tokens=2 * recipe.psr.search.max_tokens_per_step if dpo and recipe.psr.method == "psr" else None,

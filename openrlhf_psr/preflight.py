@@ -292,12 +292,12 @@ def _sft_sources(recipe, problems: list[str], notes: list[str]) -> None:
 
 def _sft_packing(recipe, notes: list[str]) -> None:
     """A note (not a refusal: it runs, slowly) when CPU SFT packs more rows per sequence than sdpa handles well."""
-    from openrlhf_psr.plan import _flag
+    from openrlhf_psr.plan import passthrough_flag
 
     flags, sft = recipe.openrlhf.get("sft", {}), recipe.stages.sft
-    micro = _flag(flags, "--train.micro_batch_size", sft.micro_batch_size)
+    micro = passthrough_flag(flags, "--train.micro_batch_size", sft.micro_batch_size)
     on_cpu = recipe.resources.num_gpus == 0 and recipe.resources.launcher == "local"
-    if sft.enabled and on_cpu and _flag(flags, "--ds.packing_samples", False) and micro > CPU_PACKED_ROWS:
+    if sft.enabled and on_cpu and passthrough_flag(flags, "--ds.packing_samples", False) and micro > CPU_PACKED_ROWS:
         notes.append(f"stages.sft.micro_batch_size: {micro} rows per packed sequence on CPU: sdpa computes the whole "
                      f"(packed length)^2 attention scores; {CPU_PACKED_ROWS} or fewer train faster "
                      "(bench/bench_sft.py: 2 rows 2.48x the tokens/s of 16)")  # fmt: skip
