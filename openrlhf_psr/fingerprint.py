@@ -1,7 +1,8 @@
 """Fingerprints of what a stage reads, so that a rerun notices a change instead of reusing stale results.
 
-A stage's fingerprint is the digest of its resolved command (with the run folder and the interpreter spelled
-neutrally, so moving a run or rebuilding the environment changes nothing) and of every input path the command
+A stage's fingerprint is the digest of its resolved command (with the run folder, the runs dir holding it and the
+interpreter spelled neutrally, so moving or copying a runs dir, or rebuilding the environment, changes nothing, also
+for a run that reads a sibling run's model as the evidence driver's arms do) and of every input path the command
 names: data files, search outputs, model folders. Two kinds of digest:
 
 - :class:`ContentHasher` (the launcher): SHA-256 of file contents, remembered per ``(path, size, mtime)`` in a
@@ -18,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shlex
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -171,24 +173,43 @@ def _spec_path(arg: str) -> str | None:
     return None
 
 
+def neutral_paths(text: str, run_root: str | Path, runs_dir: str | Path | None = None) -> str:
+    """``text`` with the run folder spelled ``<run>`` and the runs dir holding it ``<runs>``, whole names only (a
+    sibling run ``demo-oracle`` is not the run ``demo`` with a suffix).
+
+    >>> neutral_paths("/r/demo/sft/model,/r/demo-oracle/iter_1,/r/demo", "/r/demo", "/r")
+    '<run>/sft/model,<runs>/demo-oracle/iter_1,<run>'
+    """
+    for path, name in ((run_root, "<run>"), (runs_dir, "<runs>")):
+        if path is not None:
+            text = re.sub(re.escape(str(path)) + r"(?![\w.-])", name, text)
+    return text
+
+
 def stage_fingerprint(
-    command: Sequence[str], hasher: ContentHasher, *, run_root: str | Path, python: str | None = None
+    command: Sequence[str],
+    hasher: ContentHasher,
+    *,
+    run_root: str | Path,
+    runs_dir: str | Path | None = None,
+    python: str | None = None,
 ) -> dict:
     """``{"command": digest, "inputs": {path: digest}}`` of one stage (see the module docstring).
 
-    Paths inside the run folder are recorded relative to it (``<run>/sft/model``); embedded model names
-    (``default``) are fingerprinted by their package version.
+    Paths inside the run folder are recorded relative to it (``<run>/sft/model``), other paths inside ``runs_dir``
+    relative to that (``<runs>/evidence_cpu/sft/model``); embedded model names (``default``) are fingerprinted by
+    their package version.
     """
     root = str(run_root)
     neutral = []
     for arg in command:
         if python is not None and arg == python:
             arg = "<python>"
-        neutral.append(arg.replace(root, "<run>"))
+        neutral.append(neutral_paths(arg, root, runs_dir))
     inputs, _ = command_paths(command, skip=[run_root, *([python] if python else [])])
     record: dict[str, str] = {}
     for path in inputs:
-        record[path.replace(root, "<run>")] = hasher.path(path)
+        record[neutral_paths(path, root, runs_dir)] = hasher.path(path)
     for k, arg in enumerate(command):
         # a model given by name (embedded or hub); a run's own model folder not written yet is only a path
         if k > 0 and command[k - 1] in MODEL_FLAGS and not Path(arg).exists() and not arg.startswith(root):

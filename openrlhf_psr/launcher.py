@@ -301,7 +301,9 @@ class RecipeRun:
         paths live on the cluster, so only those that also exist here are read."""
         from openrlhf_psr.fingerprint import stage_fingerprint
 
-        return stage_fingerprint(stage.settings_args(), hasher, run_root=self.root, python=self.python)
+        return stage_fingerprint(
+            stage.settings_args(), hasher, run_root=self.root, runs_dir=self.runs_dir, python=self.python
+        )
 
     @staticmethod
     def _decide(stage: Stage, record: dict, fingerprint: dict, upstream: str | None, ran: bool):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import doctest
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -39,9 +40,10 @@ with open(os.environ["CALLS"], "a") as log:
 class FakeRun(RecipeRun):
     """data -> train -> eval (feeds nothing) -> search (reads the trained model) -> report (reads everything)."""
 
-    def __init__(self, tmp: Path, eval_setting: str = "a", train_setting: str = "lr=1"):
-        super().__init__(load_recipe(RECIPES / "tiny_cpu.yaml"), runs_dir=tmp / "runs")
+    def __init__(self, tmp: Path, eval_setting: str = "a", train_setting: str = "lr=1", runs: str = "runs", reads=()):
+        super().__init__(load_recipe(RECIPES / "tiny_cpu.yaml"), runs_dir=tmp / runs)
         self.tmp, self.eval_setting, self.train_setting = tmp, eval_setting, train_setting
+        self.reads = [self.runs_dir / r for r in reads]  # what train also reads from sibling runs of the runs dir
 
     def plan(self) -> list[Stage]:
         root, env = self.root, {"CALLS": str(self.tmp / "calls.log")}
@@ -52,7 +54,7 @@ class FakeRun(RecipeRun):
 
         return [
             stage("data", "data", self.tmp / "source.txt"),
-            stage("train", "model", root / "data", self.train_setting),
+            stage("train", "model", root / "data", *self.reads, self.train_setting),
             stage("eval", "eval", root / "model", self.eval_setting, feeds_later=False),
             stage("search", "search", root / "model"),
             stage("report", "report", reads_all=True),
@@ -88,6 +90,27 @@ def test_unchanged_stages_are_skipped_and_a_copy_with_new_mtimes_changes_nothing
     assert _calls(tmp_path) == [] and all("done, skipped" in line for line in lines)
     os.utime(tmp_path / "source.txt", ns=(10**18, 10**18))  # same content, new mtime: nothing to redo
     assert _run(run) and _calls(tmp_path) == []
+
+
+def test_a_copied_runs_dir_resumes_also_where_a_run_reads_a_sibling_run(tmp_path):
+    """The evidence driver's arms read M1 from a sibling run folder of the same runs dir; its absolute path in their
+    commands made a copied runs dir (an experiment branched from a finished M1) rerun every arm stage (seen: a
+    384-prompt search redone, 12 minutes). A copy is not a change; a changed sibling still is."""
+    (tmp_path / "source.txt").write_text("v1")
+    m1 = tmp_path / "runs" / "m1" / "model"
+    m1.mkdir(parents=True)
+    (m1 / "weights.txt").write_text("M1")
+    _run(FakeRun(tmp_path, reads=["m1/model"]))
+    assert _calls(tmp_path) == ["data", "train", "eval", "search", "report"]
+    shutil.copytree(tmp_path / "runs", tmp_path / "branch" / "runs", copy_function=shutil.copy)  # new mtimes, as cp
+    copied = FakeRun(tmp_path, runs="branch/runs", reads=["m1/model"])
+    lines = _run(copied)
+    assert _calls(tmp_path) == [] and all("done, skipped" in line for line in lines), lines
+    manifest = json.loads(copied.manifest_path.read_text())
+    assert "<runs>/m1/model" in manifest["stages"]["train"]["fingerprint"]["inputs"]
+    (tmp_path / "branch" / "runs" / "m1" / "model" / "weights.txt").write_text("M1 retrained")
+    _run(copied)
+    assert _calls(tmp_path) == ["train", "eval", "search", "report"]
 
 
 def test_a_changed_input_reruns_its_stage_and_every_later_stage_and_says_so(tmp_path):
