@@ -208,6 +208,7 @@ def run(args: argparse.Namespace) -> int:
     tie_sets = {name: load_tie_pairs(s) for s, (name, _) in zip(cfg.judge_sets, judge_sets, strict=True)
                 if cfg.judge_tie}  # fmt: skip
     engine = build_engine(cfg)
+    engine.progress = True  # a bar per long call (a benchmark's solutions, a judge set), shown by the launcher
     result: dict = {"model": cfg.model, "benchmarks": {}, "judges": {}}
     parts = EvalParts(cfg.out, settings=_part_settings(cfg))  # finished parts of a killed run are reused
     for name, problems in benchmarks:
@@ -232,11 +233,13 @@ def run(args: argparse.Namespace) -> int:
                               seed=cfg.seed)  # fmt: skip
         judge = build_judge(cfg.tts.judge, context, **_judge_settings(cfg.tts.judge, cfg))
         result["test_time_scaling"] = {}
+        engine.progress = False  # the search's many short calls: its own bar
         for name, problems in benchmarks:
             if name in cfg.tts.benchmarks:
                 metrics = run_test_time_scaling(engine, judge, problems, Path(cfg.out) / "tts" / name, config)
                 result["test_time_scaling"][name] = metrics
                 print(f"test-time scaling {name}: {json.dumps(metrics)}", flush=True)
+        engine.progress = True
     for judge_name in cfg.judges if cfg.judge_sets else []:
         settings = _judge_settings(judge_name, cfg)
         judge = build_judge(judge_name, context, **settings)

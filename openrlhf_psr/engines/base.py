@@ -81,6 +81,10 @@ class Engine(ABC):
 
     tokenizer = None
     max_model_len: int | None = None  # prompt + generated tokens the engine holds per sequence; None: not known
+    # A progress bar on stderr for each call (requests finished of all). The evaluation turns it on for its few long
+    # calls (greedy solutions of a benchmark, a judge set); the search's many short calls keep it off and show its
+    # own bar. Engines without one ignore it.
+    progress: bool = False
 
     @abstractmethod
     def generate(self, requests: Sequence[SampleRequest]) -> list[list[Sample]]:

@@ -193,7 +193,6 @@ class OpenRLHFRayEngine(Engine):
         return engine
 
     def generate(self, requests):
-        import ray
 
         refs = [
             self.engines[engine_index(r, len(self.engines))].generate.remote(
@@ -202,12 +201,11 @@ class OpenRLHFRayEngine(Engine):
             )
             for r in requests
         ]
-        return [from_vllm_output(o) for o in ray.get(refs)]
+        return [from_vllm_output(o) for o in self._gather(refs)]
 
     def next_token_logprobs(self, prompts, token_ids, *, affinity=()) -> list[list[float]]:
         """Log-probs of ``token_ids`` as the next token of each prompt: every prompt submitted at once to the engine
         its affinity key pins it to (the engine that holds its problem's prefix), one greedy token each."""
-        import ray
 
         params = next_token_params(token_ids)
         keys = list(affinity) or [None] * len(prompts)
@@ -217,7 +215,22 @@ class OpenRLHFRayEngine(Engine):
             )
             for p, key in zip(prompts, keys, strict=True)
         ]
-        return [read_next_token_logprobs(o, token_ids) for o in ray.get(refs)]
+        return [read_next_token_logprobs(o, token_ids) for o in self._gather(refs)]
+
+    def _gather(self, refs) -> list:
+        """The results of ``refs`` in order; with :attr:`progress`, a bar of requests finished as they finish (the
+        engines answer out of order, so the bar counts, it does not wait in order)."""
+        import ray
+
+        if self.progress and refs:
+            from tqdm import tqdm
+
+            pending = list(refs)
+            with tqdm(total=len(refs), desc="Processed prompts", unit="prompt") as bar:
+                while pending:
+                    done, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
+                    bar.update(len(done))
+        return ray.get(refs)
 
     def close(self):
         """Stop the engines and give their GPUs back (upstream's placement group would hold them otherwise)."""

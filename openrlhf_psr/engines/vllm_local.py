@@ -97,7 +97,7 @@ class VLLMLocalEngine(Engine):
         if not requests:
             return []
         prompts = [TokensPrompt(prompt_token_ids=list(r.prompt_token_ids)) for r in requests]
-        outputs = self.llm.generate(prompts, [to_vllm_params(r) for r in requests], use_tqdm=False)
+        outputs = self.llm.generate(prompts, [to_vllm_params(r) for r in requests], use_tqdm=self.progress)
         return [from_vllm_output(o) for o in outputs]
 
     def continuation_logprobs(self, items, *, use_prefix_cache: bool = True) -> list[list[float]]:
@@ -126,7 +126,7 @@ class VLLMLocalEngine(Engine):
                 skip_reading_prefix_cache=not read_cache,
             )  # fmt: skip
             outputs = self.llm.generate(
-                [TokensPrompt(prompt_token_ids=prompts[k]) for k in indices], params, use_tqdm=False
+                [TokensPrompt(prompt_token_ids=prompts[k]) for k in indices], params, use_tqdm=self.progress
             )
             stale = []
             for k, out in zip(indices, outputs, strict=True):
@@ -153,7 +153,8 @@ class VLLMLocalEngine(Engine):
         if not prompts:
             return []
         params = next_token_params(token_ids)
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False)
+        prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
+        outputs = self.llm.generate(prompts, params, use_tqdm=self.progress)
         return [read_next_token_logprobs(o, token_ids) for o in outputs]
 
     def close(self):

@@ -143,3 +143,26 @@ def test_many_seeded_requests_with_long_prompts_do_not_crash_openrlhfs_cpu_engin
     outputs = ray_default_engine.generate(requests)
     assert [len(o) for o in outputs] == [6] * 40
     assert all(len(sample.token_ids) == 4 for o in outputs for sample in o)
+
+
+def test_an_engine_shows_a_bar_per_call_only_with_progress_on(default_llm, ray_default_engine, capfd):
+    """The evaluation turns ``progress`` on so that the launcher shows its long calls advancing (issue 13); the
+    search's many short calls keep it off. Both engines: vLLM's own bar in process, a bar over the Ray results."""
+    from openrlhf_psr.engines.base import SampleRequest
+    from openrlhf_psr.engines.vllm_local import VLLMLocalEngine
+
+    request = SampleRequest((1, 2, 3), n=1, max_tokens=4, temperature=0.0)
+    for engine in (VLLMLocalEngine(default_llm), ray_default_engine):
+        capfd.readouterr()
+        engine.generate([request, request])
+        assert "Processed prompts" not in capfd.readouterr().err, type(engine).__name__
+        engine.progress = True
+        try:
+            engine.generate([request, request])
+            generated = capfd.readouterr().err
+            engine.next_token_logprobs([(1, 2, 3)], [4, 5])
+            judged = capfd.readouterr().err
+        finally:
+            engine.progress = False
+        assert "Processed prompts" in generated and "2/2" in generated, (type(engine).__name__, generated)
+        assert "Processed prompts" in judged and "1/1" in judged, (type(engine).__name__, judged)

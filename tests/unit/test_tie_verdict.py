@@ -247,3 +247,37 @@ def test_evaluate_writes_the_tie_rate_beside_judge_accuracy_when_asked(monkeypat
         assert (metrics["tie_pairs"], metrics["tie_rate"], metrics["tie_pair_rate"]) == (6, 1.0, 1.0)
     else:
         assert "tie_rate" not in metrics
+
+
+def test_evaluate_shows_a_progress_bar_for_each_long_engine_call(monkeypatch, tmp_path):
+    """Issue 13: while a stage runs the launcher shows its log's last line. An evaluation's greedy solutions and each
+    judge set are one engine call apiece (minutes at 1,000 problems), and they ran without a bar, so the launcher
+    showed a vLLM start-up line meanwhile; the engine now shows one for each such call."""
+    from openrlhf_psr.cli import evaluate
+    from openrlhf_psr.registry import GENERATORS
+
+    seen = []
+
+    class Recording(CheckingLetters):
+        max_model_len = 4096
+
+        @classmethod
+        def from_config(cls, model, **settings):
+            return cls()
+
+        def generate(self, requests):
+            seen.append(("solutions", self.progress))
+            return [[Sample("Step 1: 1 + 1 = 2\nThe answer is \\boxed{2}", (1,), "stop")] for _ in requests]
+
+        def next_token_logprobs(self, prompts, token_ids, *, affinity=()):
+            seen.append(("judge", self.progress))
+            return super().next_token_logprobs(prompts, token_ids, affinity=affinity)
+
+    monkeypatch.setitem(GENERATORS._items, "vllm", Recording)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    argv = ["--model", str(model), "--out", str(tmp_path / "eval"), "--judge", "logit", "--chat-template", "off",
+            "--benchmark", "arith?n=3&seed=7", "--judge-set", "builtin:arith?n=4&seed=1000"]  # fmt: skip
+    assert evaluate.main(argv) == 0
+    assert seen == [("solutions", True), ("judge", True)]
