@@ -216,6 +216,12 @@ def main() -> None:
         "baseline)",
     )  # fmt: skip
     parser.add_argument(
+        "--reference-dtype", default=None, choices=["float32"],
+        help="also replay the same judge comparisons through a transformers forward in this dtype, same run: how far "
+        "each bf16 backend (the engine and today's transformers judge) is from the exact P(A), so that two rounding "
+        "errors are not read as one backend's error",
+    )  # fmt: skip
+    parser.add_argument(
         "--baseline-head-dtype", default=None, choices=["model"],
         help="replay the same judge comparisons on a second engine whose LM head runs in the model's dtype (bf16) "
         "instead of fp32, same run: how much of the engine-vs-transformers P(A) difference the head's dtype makes "
@@ -329,6 +335,11 @@ def main() -> None:
         other.generate([SampleRequest((1, 2, 3), n=2, max_tokens=8, temperature=1.0)])
         heads = replay(LogitJudge(args.model, engine=other, backend="engine"), batches)[1]
 
+    reference = None
+    if args.reference_dtype:
+        # the exact P(A) (up to fp32 rounding) on the same comparisons, batch by batch as the search handed them
+        reference = replay(LogitJudge(args.model, backend="transformers", dtype=args.reference_dtype), batches)[1]
+
     blocks = None
     if args.baseline_block_size and args.baseline_block_size != block_size:
         # a second engine that differs only in its KV block size: the same judge batches (empty cache, as above)
@@ -385,6 +396,10 @@ def main() -> None:
           f"transformers {f_tokens / n:.0f} (batches of {forward.inner.batch_size}, padded); "
           f"FLOP ceiling of the speed-up {f_tokens / e_tokens:.2f}x")  # fmt: skip
     print(f"  P(A) abs difference engine vs transformers: {prob_differences(e_probs, f_probs)}   (target: max <= .02)")
+    if reference is not None:
+        print(f"  against a {args.reference_dtype} transformers forward (the same comparisons, same run):")
+        print(f"    engine ({args.dtype} body)        {prob_differences(e_probs, reference)}")
+        print(f"    transformers ({args.dtype} body)  {prob_differences(f_probs, reference)}")
     if heads is not None:
         print(f"  the same with the engine's LM head in the model's dtype (second engine, same run): "
               f"{prob_differences(heads, f_probs)}")  # fmt: skip
