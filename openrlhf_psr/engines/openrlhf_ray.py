@@ -193,7 +193,6 @@ class OpenRLHFRayEngine(Engine):
         return engine
 
     def generate(self, requests):
-
         refs = [
             self.engines[engine_index(r, len(self.engines))].generate.remote(
                 prompt_token_ids=list(r.prompt_token_ids),
@@ -206,7 +205,6 @@ class OpenRLHFRayEngine(Engine):
     def next_token_logprobs(self, prompts, token_ids, *, affinity=()) -> list[list[float]]:
         """Log-probs of ``token_ids`` as the next token of each prompt: every prompt submitted at once to the engine
         its affinity key pins it to (the engine that holds its problem's prefix), one greedy token each."""
-
         params = next_token_params(token_ids)
         keys = list(affinity) or [None] * len(prompts)
         refs = [

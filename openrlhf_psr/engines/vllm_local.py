@@ -153,8 +153,8 @@ class VLLMLocalEngine(Engine):
         if not prompts:
             return []
         params = next_token_params(token_ids)
-        prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
-        outputs = self.llm.generate(prompts, params, use_tqdm=self.progress)
+        inputs = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
+        outputs = self.llm.generate(inputs, params, use_tqdm=self.progress)
         return [read_next_token_logprobs(o, token_ids) for o in outputs]
 
     def close(self):
