@@ -32,7 +32,16 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from openrlhf_psr.errors import UserError
 
@@ -267,11 +276,26 @@ class PSRSpec(SearchSettings):
 class DPOSpec(_Section):
     epochs: int = Field(1, gt=0, description="paper: 1")
     lr: float = Field(5e-7, gt=0, description="paper: 5e-7")
+    # Measured on the CPU evidence recipe: a second oracle iteration at the first one's lr 1e-5 lost 2 points of its
+    # +7 (docs/evidence.md, "At scale"), so a later iteration may want a smaller step than the first.
+    lr_per_iteration: list[PositiveFloat] | None = Field(
+        None, description="learning rate of iteration t = entry t (1-based), over `lr`; one entry per iteration"
+    )
     batch_size: int = Field(32, gt=0, description="paper: 32")
     micro_batch_size: int = Field(4, gt=0, description="per device")
     beta: float = Field(0.1, gt=0, description="not reported by the paper; SRLM's 0.1")
     reference: Literal["previous", "m1"] = Field("previous", description="reference of iteration t: M(t) or M1")
     max_len: int = Field(4096, gt=0, description="tokens per packed pair")
+
+    def lr_at(self, t: int) -> float:
+        """Iteration ``t``'s learning rate (M(t) -> M(t+1), t >= 1).
+
+        >>> DPOSpec(lr=1e-5).lr_at(2)
+        1e-05
+        >>> DPOSpec(lr=1e-5, lr_per_iteration=[1e-5, 5e-6]).lr_at(2)
+        5e-06
+        """
+        return self.lr_per_iteration[t - 1] if self.lr_per_iteration else self.lr
 
 
 class ResourcesSpec(_Section):
@@ -349,6 +373,16 @@ class Recipe(_Section):
                 f"found {name!r}"
             )
         return name
+
+    @model_validator(mode="after")
+    def _lr_for_every_iteration(self):
+        rates, iterations = self.dpo.lr_per_iteration, self.stages.iterations
+        if rates is not None and len(rates) < iterations:
+            raise ValueError(
+                f"dpo.lr_per_iteration: expected one learning rate per iteration ({iterations}, stages.iterations), "
+                f"found {len(rates)}: {rates}"
+            )
+        return self
 
 
 class _StageRun(_Section):
@@ -435,7 +469,9 @@ def _format_error(path: str, exc: ValidationError) -> list[str]:
         if msg.startswith("Input should be "):
             msg = "expected " + msg.removeprefix("Input should be ")
         got = f", found {_found(err['input'])}" if err["type"] not in ("value_error", "missing") else ""
-        lines.append(f"{path}: {loc or '(top level)'}: {msg}{got}")
+        # a check across sections (on the whole recipe) names its own keys first: no "(top level)" before them
+        where = loc or ("" if re.match(r"[\w.]+: ", msg) else "(top level)")
+        lines.append(f"{path}: {where + ': ' if where else ''}{msg}{got}")
     return lines
 
 

@@ -35,7 +35,7 @@ class StepDPOPlugin(TrainerPlugin):
         cmd = run.trainer_command(self.module) + [
             "--model.model_name_or_path", run.model(t), "--ref.model_name_or_path", reference,
             "--data.dataset", str(layout.search(t)), "--data.max_len", str(d.max_len),
-            "--train.max_epochs", str(d.epochs), "--adam.lr", str(d.lr), "--model.beta", str(d.beta),
+            "--train.max_epochs", str(d.epochs), "--adam.lr", str(d.lr_at(t)), "--model.beta", str(d.beta),
             "--train.batch_size", str(d.batch_size), "--train.micro_batch_size", str(d.micro_batch_size),
             "--train.seed", str(r.seed + t), *run.train_flags("dpo"),
             # The tree mask needs an attention that reads a 4D mask: sdpa, also on GPU (never flash_attention_2).

@@ -53,6 +53,18 @@ def test_reference_m1_knob_and_cluster_wrapping(tmp_path):
     assert json.loads(_after(wrapped, "--runtime-env-json"))["working_dir"] == "."
 
 
+def test_each_iteration_trains_at_its_own_learning_rate_when_the_recipe_lists_them(tmp_path):
+    two = ["stages.iterations=2", "stages.prompts_per_iteration=[4, 6]", "dpo.lr=1e-5"]
+    run = RecipeRun(load_recipe(RECIPES / "tiny_cpu.yaml", [*two, "dpo.lr_per_iteration=[1e-5, 5e-6]"]), tmp_path)
+    stages = {s.name: s for s in run.plan()}
+    assert [float(_after(stages[f"iter_{t}/dpo"].command, "--adam.lr")) for t in (1, 2)] == [1e-5, 5e-6]
+    # without the list every iteration keeps `lr`, so a run that adds the list with lr's value first resumes its
+    # first iteration (same command) and reruns only the later ones
+    plain = {s.name: s for s in RecipeRun(load_recipe(RECIPES / "tiny_cpu.yaml", two), tmp_path).plan()}
+    assert [float(_after(plain[f"iter_{t}/dpo"].command, "--adam.lr")) for t in (1, 2)] == [1e-5, 1e-5]
+    assert plain["iter_1/dpo"].command == stages["iter_1/dpo"].command
+
+
 def test_report_builds_tables_plots_and_json_from_stage_outputs(tmp_path):
     from openrlhf_psr.cli.report import build_report
 

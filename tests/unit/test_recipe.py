@@ -34,6 +34,15 @@ def test_wrong_type_names_the_key(tmp_path):
         load_recipe(_write(tmp_path, {**BASE, "dpo": {"beta": "high"}}))
 
 
+def test_a_learning_rate_list_shorter_than_the_iterations_names_both_keys(tmp_path):
+    short = {**BASE, "stages": {"iterations": 3}, "dpo": {"lr_per_iteration": [1e-5, 5e-6]}}
+    with pytest.raises(RecipeError, match=r"r.yaml: dpo.lr_per_iteration: expected one learning rate per iteration "
+                                          r"\(3, stages.iterations\), found 2"):  # fmt: skip
+        load_recipe(_write(tmp_path, short))
+    with pytest.raises(RecipeError, match=r"dpo.lr_per_iteration.0: expected .*greater than 0"):
+        load_recipe(_write(tmp_path, {**BASE, "dpo": {"lr_per_iteration": [0]}}))
+
+
 def test_missing_file_names_the_key_and_file(tmp_path):
     data = {**BASE, "data": {"ift": ["gsm8k:/no/such/train.jsonl?limit=10"]}}
     with pytest.raises(RecipeError, match=r"data.ift\[0\]: file /no/such/train.jsonl does not exist"):
