@@ -27,7 +27,8 @@ MINI = [
     f'data.eval.judge_sets=["builtin:arith?n=4&seed=1000&{TASK}"]',
     "data.eval.judges=[logit]",
     "data.eval.max_tokens=128",
-    "stages.sft={enabled: true, epochs: 2, lr: 1.0e-4, batch_size: 8, micro_batch_size: 8, max_len: 512}",
+    # packed 2 rows at a time, as the recipe trains (openrlhf.sft: ds.packing_samples)
+    "stages.sft={enabled: true, epochs: 2, lr: 1.0e-4, batch_size: 8, micro_batch_size: 2, max_len: 512}",
     "stages.iterations=1",
     "stages.prompts_per_iteration=[8]",
     "psr.search.width=3",
