@@ -165,7 +165,7 @@ class RecipeRun:
         r, ev = self.recipe, self.recipe.data.eval
         generator = PluginSpec(name=r.psr.generator.name, settings=engine_settings(r, "eval"))
         settings = {key: getattr(ev, key) for key in EvalSettings.model_fields}
-        if t == 0 and not ev.judges_before_training:
+        if (t == 0 and not ev.judges_before_training) or (t >= 2 and not ev.judges_every_iteration):
             settings["judge_sets"] = []
         config = EvaluateConfig(**settings, model=self.model(t), out=str(out), seed=r.seed,
                                 chat_template=r.psr.chat_template, max_model_len=r.psr.generator.max_model_len,
@@ -184,6 +184,7 @@ class RecipeRun:
         stages: list[Stage] = []
         has_eval = bool(r.data.eval.benchmarks or r.data.eval.judge_sets)
         m0_eval = bool(r.data.eval.benchmarks or (r.data.eval.judge_sets and r.data.eval.judges_before_training))
+        later_eval = bool(r.data.eval.benchmarks or (r.data.eval.judge_sets and r.data.eval.judges_every_iteration))
         if m0_eval and r.data.eval.before_training:
             stages.append(self._eval(0, run.eval(0)))
         if r.stages.sft.enabled:
@@ -220,7 +221,7 @@ class RecipeRun:
             stages.append(self._search(t, offset, n))
             offset += n
             stages.append(trainer.stage(self, t))
-            if has_eval:
+            if later_eval:
                 stages.append(self._eval(t + 1, run.eval(t + 1)))
         stages.append(Stage("report", [self.python, "-m", "openrlhf_psr.cli.report", str(run.root)],
                             run.report_json(), reads_all=True))  # fmt: skip

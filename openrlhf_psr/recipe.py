@@ -215,6 +215,10 @@ class EvalSpec(EvalSettings):
         True, description="M0's evaluation also scores the judges (off: benchmarks only; M0 was never taught to "
         "judge, and a judge that writes its check first spends its tokens on text that cannot be a check)"
     )  # fmt: skip
+    judges_every_iteration: bool = Field(
+        True, description="the evaluations of the models the iterations train (M2, M3, ...) also score the judges "
+        "(off: benchmarks only; the judges are scored on M1, the first search's judge: a shorter run)"
+    )  # fmt: skip
 
 
 class DataSpec(_Section):

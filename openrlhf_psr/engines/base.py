@@ -21,6 +21,32 @@ SMALL_HOST_CORES = 4
 RESERVED_CPU_ENV = "VLLM_CPU_NUM_OF_RESERVED_CPU"
 
 
+# vLLM runs its engine core in a second process (and, on CPU, its worker in a third), each importing torch and vLLM
+# again before the engine can start: 18-20 s of every engine start on this 2-core machine against 4-5 s with the
+# engine in the caller's process, at the same tokens/s and with the same greedy outputs (SmolLM2-135M, 200 prompts of
+# 160 tokens; bench/bench_engine_start.py, README). Four engines start in the demo. On GPU the second process overlaps
+# the scheduler's work with the GPU's, so it is left there. Upstream's own engines run in-process when asked for full
+# determinism (``RolloutRayActor``: ``VLLM_ENABLE_V1_MULTIPROCESSING=0``).
+ENGINE_PROCESS_ENV = "VLLM_ENABLE_V1_MULTIPROCESSING"
+
+
+def keep_engine_in_process(environ: MutableMapping[str, str] | None = None) -> bool:
+    """Run vLLM's engine core in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) unless the variable is already
+    set. For CPU engines only; must run before the engine starts. Returns whether it set the variable.
+
+    >>> env = {}
+    >>> keep_engine_in_process(env), env
+    (True, {'VLLM_ENABLE_V1_MULTIPROCESSING': '0'})
+    >>> keep_engine_in_process({ENGINE_PROCESS_ENV: "1"})
+    False
+    """
+    environ = os.environ if environ is None else environ
+    if ENGINE_PROCESS_ENV in environ:
+        return False
+    environ[ENGINE_PROCESS_ENV] = "0"
+    return True
+
+
 def usable_cores() -> int:
     """The cores this process may run on (its CPU affinity where the OS has one)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

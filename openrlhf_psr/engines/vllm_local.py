@@ -8,6 +8,7 @@ from openrlhf_psr.engines.base import (
     Engine,
     claim_reserved_cpu_cores,
     from_vllm_output,
+    keep_engine_in_process,
     next_token_params,
     read_next_token_logprobs,
     to_vllm_params,
@@ -42,8 +43,10 @@ def create_llm(
     (``block_size=`` overrides it); on GPU vLLM's own default stands.
 
     On CPU the KV cache is sized by ``VLLM_CPU_KVCACHE_SPACE`` (GiB), which must be set before the engine starts;
-    an explicit environment value wins over ``kv_cache_gib``. Scripts that call this must guard their entry with
-    ``if __name__ == "__main__":`` because the engine core runs in a spawned process.
+    an explicit environment value wins over ``kv_cache_gib``. Also on CPU the engine core runs in this process
+    (:func:`~openrlhf_psr.engines.base.keep_engine_in_process`; ``VLLM_ENABLE_V1_MULTIPROCESSING=1`` in the
+    environment keeps vLLM's separate process). Scripts that call this must guard their entry with
+    ``if __name__ == "__main__":``: where the engine core runs in its own process (GPU) that process is spawned.
     """
     from openrlhf_psr.compat import install
 
@@ -62,6 +65,7 @@ def create_llm(
         kwargs.setdefault("max_num_batched_tokens", max(8192, max_model_len))
         kwargs.setdefault("block_size", CPU_BLOCK_SIZE)
         claim_reserved_cpu_cores()
+        keep_engine_in_process()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(kv_cache_gib)))
     from vllm import LLM
 

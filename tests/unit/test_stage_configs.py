@@ -100,7 +100,8 @@ def test_every_search_judge_generator_and_eval_field_reaches_the_stage_that_uses
     values = _all_non_defaults()
     values["data.eval.data_root"] = str(tmp_path)
     overrides = [f"{key}={json.dumps(value)}" for key, value in values.items()]
-    overrides.append("data.eval.judges_before_training=true")  # tiny_cpu judges from M1 on; here M0 too
+    # tiny_cpu scores its judge on M1 alone; here M0 and M2 too
+    overrides += ["data.eval.judges_before_training=true", "data.eval.judges_every_iteration=true"]
     recipe = load_recipe(RECIPES / "tiny_cpu.yaml", overrides)
     for key, value in values.items():  # the overrides took (the recipe's own values are not the defaults)
         node = recipe
