@@ -98,6 +98,17 @@ class ModelShape:
         embed = self.vocab * self.hidden
         return embed * (1 if self.tied else 2) + self.layers * self.layer_params + self.hidden
 
+    def lora_params(self, rank: int) -> int:
+        """LoRA's trainable parameters on every linear layer of the decoder (upstream's ``all-linear``, which leaves
+        the output head alone): an adapter on a d_in -> d_out projection holds rank x (d_in + d_out).
+
+        >>> KNOWN_SHAPES["smollm2-135m"].lora_params(16)
+        4884480
+        """
+        h, q, kv, i = self.hidden, self.heads * self.dim, self.kv_dim, self.intermediate
+        per_layer = (h + q) + 2 * (h + kv) + (q + h) + 2 * (h + i) + (i + h)
+        return rank * self.layers * per_layer
+
     def kv_bytes_per_token(self, tp: int = 1) -> int:
         """KV cache bytes one token costs on each GPU of a TP group (KV heads are replicated when TP > heads)."""
         return 2 * self.layers * math.ceil(self.kv_heads / tp) * self.dim * BF16
@@ -179,6 +190,7 @@ class TrainSettings:
     scored_tokens: int | None = None  # positions whose logits are computed per row (None: all, as upstream SFT)
     reference: str | None = None  # step DPO: "cached" or "live"; None: no reference (SFT)
     tree_mask: bool = False
+    lora_rank: int = 0  # --ds.lora.rank: gradients and Adam states for the adapters only
 
 
 @dataclass
@@ -213,16 +225,21 @@ class StagePlan:
         return not self.refusals
 
 
-def zero_states_gb(params: int, world: int, zero_stage: int, adam_offload: bool) -> dict[str, float]:
+def zero_states_gb(
+    params: int, world: int, zero_stage: int, adam_offload: bool, trainable: int | None = None
+) -> dict[str, float]:
     """Weights, gradients and Adam states per GPU, and offloaded bytes per GPU process on the host, in GB.
+    ``trainable``: the parameters that get gradients and Adam states (LoRA's adapters), when not all of them.
 
     >>> {k: round(v, 3) for k, v in zero_states_gb(10**9, 8, 3, False).items()}
     {'weights': 0.25, 'gradients': 0.25, 'optimizer': 1.5, 'host_optimizer': 0.0}
     >>> {k: round(v, 3) for k, v in zero_states_gb(10**9, 8, 2, True).items()}
     {'weights': 2.0, 'gradients': 0.25, 'optimizer': 0.0, 'host_optimizer': 2.0}
+    >>> {k: round(v, 3) for k, v in zero_states_gb(10**9, 8, 2, False, trainable=8 * 10**6).items()}
+    {'weights': 2.0, 'gradients': 0.002, 'optimizer': 0.012, 'host_optimizer': 0.0}
     """
-    p = params / GB
-    weights = BF16 * p / (world if zero_stage >= 3 else 1)
+    weights = BF16 * params / GB / (world if zero_stage >= 3 else 1)
+    p = (params if trainable is None else trainable) / GB
     gradients = BF16 * p / (world if zero_stage >= 2 else 1)
     optimizer = ADAM_BYTES * p / (world if zero_stage >= 1 else 1)
     host = 0.0
@@ -257,11 +274,13 @@ def plan_training(stage: str, applies_to: list[str], shape: ModelShape, hw: Hard
         return cpu
     out = StagePlan(stage, applies_to, gpu_limit_gb=hw.gpu_memory_gb, host_limit_gb=hw.host_memory_gb)
     world = hw.gpus
-    states = zero_states_gb(shape.params, world, s.zero_stage, s.adam_offload)
+    trainable = shape.lora_params(s.lora_rank) if s.lora_rank else None
+    states = zero_states_gb(shape.params, world, s.zero_stage, s.adam_offload, trainable)
+    of = f", LoRA rank {s.lora_rank}: {trainable / 1e6:.1f}M parameters" if trainable else ""
     out.gpu += [
         Line(f"weights (bf16, ZeRO-{s.zero_stage})", states["weights"]),
-        Line("gradients (bf16)", states["gradients"]),
-        Line("Adam states (fp32 x3)" + (" -> host" if s.adam_offload else ""), states["optimizer"]),
+        Line(f"gradients (bf16{of})", states["gradients"]),
+        Line(f"Adam states (fp32 x3{of})" + (" -> host" if s.adam_offload else ""), states["optimizer"]),
     ]
     if s.reference == "live":
         if s.zero_stage >= 3 and s.ref_offload:
@@ -304,6 +323,8 @@ def plan_training(stage: str, applies_to: list[str], shape: ModelShape, hw: Hard
         out.host.append(
             Line("model load (every rank builds the full bf16 model)", hw.gpus_per_node * BF16 * shape.params / GB)
         )
+    if s.lora_rank:  # train_step_dpo merges the adapters into M(t) on rank 0's host at the end
+        out.host.append(Line("LoRA merge (rank 0 loads M(t) in bf16)", BF16 * shape.params / GB))
 
     if out.gpu_gb > hw.gpu_memory_gb:
         out.refusals.append(
@@ -477,6 +498,7 @@ def training_settings(recipe, stage: str) -> TrainSettings:
         scored_tokens=2 * recipe.psr.search.max_tokens_per_step if dpo and recipe.psr.method == "psr" else None,
         reference=str(recipe.psr.trainer.settings.get("reference", "cached")) if dpo else None,
         tree_mask=dpo,
+        lora_rank=passthrough_flag(flags, "--ds.lora.rank", 0) if dpo else 0,
     )
 
 

@@ -11,6 +11,10 @@ there) plus ``--psr.*``:
   --psr.chat_template {on,off}    plain JSONL rows: apply the model's chat template to the problem (default on)
   --psr.prefix_key / --psr.final_key   plain JSONL field names (prefix_steps, is_final)
 
+With ``--ds.lora.rank N`` the adapter is saved to ``<--ckpt.output_dir>/lora_adapter`` and merged into the policy
+(upstream's ``openrlhf.cli.lora_combiner``), so ``--ckpt.output_dir`` holds a whole model either way: the next
+stage's engine loads it as M(t+1).
+
 ``--data.dataset`` is a search output directory, a JSONL of plain rows, or several separated by commas.
 ``--ref.model_name_or_path`` defaults to the policy (the reference for iteration t is M(t)); point it at M1 for the
 SPEC's knob. ``--model.beta`` defaults to 0.1 here (SPEC), upstream's 0.1 as well.
@@ -304,7 +308,29 @@ def train(args) -> None:
         disable_ds_ckpt=args.ckpt.disable_ds,
     )
     trainer.fit(args, consumed_samples, num_update_steps_per_epoch)
-    strategy.save_model(model, tokenizer, args.ckpt.output_dir)
+    if args.ds.lora.rank > 0:
+        save_merged_lora(strategy, model, tokenizer, args)
+    else:
+        strategy.save_model(model, tokenizer, args.ckpt.output_dir)
+
+
+LORA_ADAPTER_DIR = "lora_adapter"  # under --ckpt.output_dir, beside the merged model
+
+
+def save_merged_lora(strategy, model, tokenizer, args) -> None:
+    """With ``--ds.lora.rank``, upstream's ``save_model`` writes the adapter and a ``config.json`` but no weights: the
+    next stage (search or evaluation through vLLM) loads ``--ckpt.output_dir`` as a whole model, and the launcher takes
+    that ``config.json`` as the stage's output. So the adapter goes to ``<output_dir>/lora_adapter`` and rank 0 merges
+    it into M(t) with upstream's ``openrlhf.cli.lora_combiner``, writing a whole model in ``--ds.param_dtype``."""
+    from openrlhf.cli.lora_combiner import apply_lora
+    from openrlhf.utils.distributed_util import torch_dist_barrier_and_cuda_sync
+
+    adapter = os.path.join(args.ckpt.output_dir, LORA_ADAPTER_DIR)
+    strategy.save_model(model, tokenizer, adapter)  # every rank takes part (ZeRO-3 gathers)
+    if strategy.is_rank_0():
+        apply_lora(args.model.model_name_or_path, adapter, args.ckpt.output_dir, False, args.ds.param_dtype)
+        strategy.print(f"LoRA adapter {adapter} merged into {args.ckpt.output_dir}")
+    torch_dist_barrier_and_cuda_sync()
 
 
 def single_process_env() -> None:

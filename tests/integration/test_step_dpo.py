@@ -181,6 +181,26 @@ def test_step_dpo_on_the_default_model_learns_resumes_and_serves(tmp_path):
     assert len(json.loads(line.removeprefix("RESULT "))) == 5
 
 
+def test_lora_step_dpo_leaves_a_whole_merged_model_for_the_next_stage(tmp_path, default_model):
+    import torch
+    from safetensors.torch import load_file
+
+    data = _write(tmp_path / "pairs.jsonl", builtin_step_pairs(16))
+    # the flags a recipe passes through as openrlhf.dpo: {--ds.lora.rank: 8, --ds.lora.alpha: 16}
+    proc = _train(tmp_path, data, "--train.max_epochs", "1", "--ds.lora.rank", "8", "--ds.lora.alpha", "16",
+                  "--adam.lr", "1e-3")  # fmt: skip
+    out = tmp_path / "out"
+    assert (out / "lora_adapter" / "adapter_config.json").is_file() and "merged into" in proc.stdout + proc.stderr
+    # a whole model under the base model's own names (what the next stage's engine loads), not an adapter
+    base, merged = load_file(f"{default_model}/model.safetensors"), load_file(out / "model.safetensors")
+    assert set(merged) == set(base)
+    # in --ds.param_dtype, as a full-parameter save writes it
+    q, embed = "model.layers.0.self_attn.q_proj.weight", "model.embed_tokens.weight"
+    assert merged[q].dtype == merged[embed].dtype == torch.bfloat16
+    assert not merged[q].equal(base[q].to(torch.bfloat16))  # the adapter's update is in the weights
+    assert merged[embed].equal(base[embed].to(torch.bfloat16))  # and LoRA left the embedding alone
+
+
 def test_pairs_from_another_tokenizer_are_refused(tmp_path):
     from openrlhf_psr.io import ShardStore
 

@@ -82,6 +82,29 @@ def test_7b_full_parameter_zero3_adam_on_8_gpus_by_hand():
     assert plan.gpu_gb == pytest.approx(total) and plan.fits  # ~28.1 GB of 80
 
 
+def test_7b_lora_step_dpo_keeps_gradients_and_adam_states_for_the_adapters_only(recipe_data):
+    # all-linear LoRA of rank 16 on Qwen2.5-Math-7B, per layer: q and o 16*(3584+3584) each, k and v
+    # 16*(3584+512) each, gate and up 16*(3584+18944) each, down 16*(18944+3584): 229,376 + 131,072 + 1,081,344
+    per_layer = 2 * 114_688 + 2 * 65_536 + 3 * 360_448
+    assert per_layer == 1_441_792 and KNOWN_SHAPES["qwen2.5-math-7b"].lora_params(16) == 28 * per_layer
+    lora = 28 * per_layer  # 40,370,176
+    shape, hw = KNOWN_SHAPES["qwen2.5-math-7b"], Hardware(1, 8, 80, 1000)
+    lora_dpo = TrainSettings(zero_stage=2, reference="cached", lora_rank=16)
+    plan = plan_training("dpo", ["iter_1/dpo"], shape, hw, lora_dpo)
+    lines = _lines(plan)
+    assert lines["weights"] == pytest.approx(2 * 7_615_616_512 / GB)  # the frozen model stays whole under ZeRO-2
+    assert lines["gradients"] * GB == pytest.approx(2 * lora / 8)
+    assert lines["Adam states"] * GB == pytest.approx(12 * lora / 8)  # 60.6 MB instead of 11.4 GB
+    assert "LoRA rank 16: 40.4M parameters" in plan.gpu[1].what
+    assert {line.what: line.gb for line in plan.host}["LoRA merge (rank 0 loads M(t) in bf16)"] == pytest.approx(
+        15.231233024
+    )
+    # read from the recipe's pass-through flags, for DPO only
+    recipe = load_recipe(RECIPES / "psr_qwen2.5_math_7b.yaml", [*recipe_data, 'openrlhf.dpo={"--ds.lora.rank": 16}'])
+    assert plan_module.training_settings(recipe, "dpo").lora_rank == 16
+    assert plan_module.training_settings(recipe, "sft").lora_rank == 0
+
+
 def test_7b_vllm_tp1_kv_cache_by_hand():
     shape, hw = KNOWN_SHAPES["qwen2.5-math-7b"], Hardware(1, 8, 80, 1000)
     p = plan_vllm("search", [], shape, hw, None, 1, 0.9, 4096, "search")
