@@ -276,11 +276,11 @@ def plan_training(stage: str, applies_to: list[str], shape: ModelShape, hw: Hard
     world = hw.gpus
     trainable = shape.lora_params(s.lora_rank) if s.lora_rank else None
     states = zero_states_gb(shape.params, world, s.zero_stage, s.adam_offload, trainable)
-    of = f", LoRA rank {s.lora_rank}: {trainable / 1e6:.1f}M parameters" if trainable else ""
+    lora_note = f", LoRA rank {s.lora_rank}: {trainable / 1e6:.1f}M parameters" if trainable else ""
     out.gpu += [
         Line(f"weights (bf16, ZeRO-{s.zero_stage})", states["weights"]),
-        Line(f"gradients (bf16{of})", states["gradients"]),
-        Line(f"Adam states (fp32 x3{of})" + (" -> host" if s.adam_offload else ""), states["optimizer"]),
+        Line(f"gradients (bf16{lora_note})", states["gradients"]),
+        Line(f"Adam states (fp32 x3{lora_note})" + (" -> host" if s.adam_offload else ""), states["optimizer"]),
     ]
     if s.reference == "live":
         if s.zero_stage >= 3 and s.ref_offload:

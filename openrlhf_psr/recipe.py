@@ -392,9 +392,10 @@ class Recipe(_Section):
     def _sft_saves_a_whole_model(self):
         # Upstream's train_sft with LoRA saves the adapter alone, and M1 must be a whole model for the engines that
         # search and evaluate with it. Step DPO merges its adapter itself (cli/train_step_dpo.save_merged_lora).
-        flags = self.openrlhf.get("sft", {})
-        rank = next((flags[k] for k in ("--ds.lora.rank", "ds.lora.rank") if flags.get(k) is not None), 0)
-        if self.stages.sft.enabled and int(rank) > 0:
+        from openrlhf_psr.plan import passthrough_flag
+
+        rank = passthrough_flag(self.openrlhf.get("sft", {}), "--ds.lora.rank", 0)
+        if self.stages.sft.enabled and rank > 0:
             raise ValueError(
                 f"openrlhf.sft: --ds.lora.rank {rank}: upstream's SFT saves only the LoRA adapter, and M1 must be a "
                 "whole model; train SFT in full (LoRA is supported for step DPO: openrlhf.dpo), or merge an "

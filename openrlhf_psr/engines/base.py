@@ -22,12 +22,12 @@ RESERVED_CPU_ENV = "VLLM_CPU_NUM_OF_RESERVED_CPU"
 
 
 # vLLM runs its engine core in a second process (and, on CPU, its worker in a third), each importing torch and vLLM
-# again before the engine can start: 21.7 s per engine start on this 2-core machine against 10.3 s with the engine
-# in the caller's process (imports included), at the same tokens/s within noise, and in-process the greedy outputs
-# were the same in every run (SmolLM2-135M, 200 prompts of 160 tokens; bench/bench_engine_start.py, README). Four
-# engines start in the demo. On GPU the second process overlaps
-# the scheduler's work with the GPU's, so it is left there. Upstream's own engines run in-process when asked for full
-# determinism (``RolloutRayActor``: ``VLLM_ENABLE_V1_MULTIPROCESSING=0``).
+# again before the engine can start: 21.7 s per engine start on this 2-core machine against 10.3 s with the engine in
+# the caller's process (imports included), at the same tokens/s within noise, and in-process the greedy outputs were
+# the same in every run (SmolLM2-135M, 200 prompts of 160 tokens; bench/bench_engine_start.py, README). Four engines
+# start in the demo. On GPU the second process overlaps the scheduler's work with the GPU's, so it is left there.
+# Upstream's own engines run in-process when asked for full determinism (``RolloutRayActor``:
+# ``VLLM_ENABLE_V1_MULTIPROCESSING=0``).
 ENGINE_PROCESS_ENV = "VLLM_ENABLE_V1_MULTIPROCESSING"
 
 
