@@ -165,13 +165,22 @@ class RecipeRun:
         r, ev = self.recipe, self.recipe.data.eval
         generator = PluginSpec(name=r.psr.generator.name, settings=engine_settings(r, "eval"))
         settings = {key: getattr(ev, key) for key in EvalSettings.model_fields}
-        if (t == 0 and not ev.judges_before_training) or (t >= 2 and not ev.judges_every_iteration):
+        if not self._scores_judges(t):
             settings["judge_sets"] = []
         config = EvaluateConfig(**settings, model=self.model(t), out=str(out), seed=r.seed,
                                 chat_template=r.psr.chat_template, max_model_len=r.psr.generator.max_model_len,
                                 generator=generator)  # fmt: skip
         name = f"eval_m{t}" if t <= 1 else f"iter_{t - 1}/eval"
         return self._configured(name, "openrlhf_psr.cli.evaluate", config, out / EVAL_FILE, feeds_later=False)
+
+    def _scores_judges(self, t: int) -> bool:
+        """Whether M(t)'s evaluation scores the judges: M1, the first search's judge, always; M0 as
+        ``judges_before_training`` says, unless there is no SFT (then M0 is M1, and it would never be scored when
+        ``judges_every_iteration`` is off too); M2, M3, ... as ``judges_every_iteration`` says."""
+        ev = self.recipe.data.eval
+        if t == 0:
+            return ev.judges_before_training or not self.recipe.stages.sft.enabled
+        return t == 1 or ev.judges_every_iteration
 
     def _configured(self, name: str, module: str, config, output: Path, **kw) -> Stage:
         """A stage whose command is ``python -m MODULE --config OUT/config.json`` (the config written at its start)."""
@@ -183,8 +192,8 @@ class RecipeRun:
         r, run = self.recipe, self.layout
         stages: list[Stage] = []
         has_eval = bool(r.data.eval.benchmarks or r.data.eval.judge_sets)
-        m0_eval = bool(r.data.eval.benchmarks or (r.data.eval.judge_sets and r.data.eval.judges_before_training))
-        later_eval = bool(r.data.eval.benchmarks or (r.data.eval.judge_sets and r.data.eval.judges_every_iteration))
+        m0_eval = bool(r.data.eval.benchmarks or (r.data.eval.judge_sets and self._scores_judges(0)))
+        later_eval = bool(r.data.eval.benchmarks or (r.data.eval.judge_sets and self._scores_judges(2)))
         if m0_eval and r.data.eval.before_training:
             stages.append(self._eval(0, run.eval(0)))
         if r.stages.sft.enabled:

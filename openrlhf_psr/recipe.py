@@ -213,7 +213,8 @@ class EvalSpec(EvalSettings):
     before_training: bool = Field(True, description="also evaluate M0 before any training")
     judges_before_training: bool = Field(
         True, description="M0's evaluation also scores the judges (off: benchmarks only; M0 was never taught to "
-        "judge, and a judge that writes its check first spends its tokens on text that cannot be a check)"
+        "judge, and a judge that writes its check first spends its tokens on text that cannot be a check). Without "
+        "SFT, M0 is M1, the first search's judge, and its judges are scored whatever this says"
     )  # fmt: skip
     judges_every_iteration: bool = Field(
         True, description="the evaluations of the models the iterations train (M2, M3, ...) also score the judges "

@@ -115,6 +115,25 @@ def test_m0_can_be_evaluated_on_benchmarks_alone(tmp_path):
     assert "eval_m0" not in eval_stages("data.eval.judges_before_training=off", "data.eval.benchmarks=[]")
 
 
+def test_without_sft_m0_is_the_first_searchs_judge_and_its_judges_are_scored(tmp_path):
+    """With SFT off, M0 is M1 (the search's judge). Judges off before training and off every iteration used to leave
+    the run's only judge unscored: no evaluation of any model had a judge set."""
+
+    def eval_stages(*overrides):
+        quiet = ["stages.sft.enabled=off", "data.eval.judges_before_training=off"]
+        quiet += ["data.eval.judges_every_iteration=off"]
+        run = RecipeRun(load_recipe(RECIPES / "tiny_cpu.yaml", [*quiet, *overrides]), runs_dir=tmp_path)
+        return {s.name: s.config for s in run.plan() if s.name.startswith("eval_m") or s.name.endswith("/eval")}
+
+    stages = eval_stages()
+    assert sorted(stages) == ["eval_m0", "iter_1/eval"]
+    assert stages["eval_m0"]["judge_sets"] and stages["iter_1/eval"]["judge_sets"] == []
+    assert sorted(eval_stages("data.eval.benchmarks=[]")) == ["eval_m0"]
+    # with SFT, M0 is not the search's judge: judges_before_training still turns its judge pass off
+    with_sft = eval_stages("stages.sft.enabled=on")
+    assert with_sft["eval_m0"]["judge_sets"] == [] and with_sft["eval_m1"]["judge_sets"]
+
+
 def test_the_trained_models_can_be_evaluated_on_benchmarks_alone(tmp_path):
     """``judges_every_iteration: off`` scores the judges on M1 only; M2, M3 run their benchmarks (the demo's last
     evaluation without its ~50 s judge pass)."""
