@@ -198,6 +198,9 @@ class RecipeRun:
             stages.append(self._eval(0, run.eval(0)))
         if r.stages.sft.enabled:
             sft = r.stages.sft
+            from openrlhf_psr.plan import passthrough_flag
+
+            lora = passthrough_flag(r.openrlhf.get("sft", {}), "--ds.lora.rank", 0) > 0
             data = run.sft_data()
             # The rows hold each example rendered for M0 in the recipe's format (chat or raw), exactly as the search
             # and evaluation render prompts; the identity input template keeps upstream from wrapping them again.
@@ -213,12 +216,21 @@ class RecipeRun:
                 "--train.max_epochs", str(sft.epochs), "--adam.lr", str(sft.lr),
                 "--train.batch_size", str(sft.batch_size), "--train.micro_batch_size", str(sft.micro_batch_size),
                 "--train.seed", str(r.seed), *self.train_flags("sft"), *self._common_ds(),
-                "--ckpt.output_dir", str(run.model(1)), "--ckpt.path", str(run.sft_ckpt()),
-                "--ckpt.load_enable",
+                "--ckpt.output_dir", str(run.model(1) if not lora else run.sft_adapter()),
+                "--ckpt.path", str(run.sft_ckpt()), "--ckpt.load_enable",
                 "--logger.logging_steps", "1", "--logger.tensorboard_dir", str(run.sft_tb()),
             ]  # fmt: skip
             train += flag_args(r.openrlhf.get("sft", {}))
-            stages.append(Stage("sft", train, run.model(1) / "config.json", distributed=True))
+            if not lora:
+                stages.append(Stage("sft", train, run.model(1) / "config.json", distributed=True))
+            else:
+                # upstream's train_sft with LoRA saves the adapter alone; the engines that search and evaluate
+                # with M1 need a whole model, so upstream's own lora_combiner merges it into M0 (as step DPO does)
+                stages.append(Stage("sft", train, run.sft_adapter() / "adapter_config.json", distributed=True))
+                merge = [self.python, "-m", "openrlhf.cli.lora_combiner", "--model_path", self.model(0),
+                         "--lora_path", str(run.sft_adapter()), "--output_path", str(run.model(1)),
+                         "--ds.param_dtype", "bf16"]  # fmt: skip
+                stages.append(Stage("sft_merge", merge, run.model(1) / "config.json"))
             if has_eval:
                 stages.append(self._eval(1, run.eval(1)))
         from openrlhf_psr.registry import TRAINERS
@@ -569,7 +581,9 @@ def _resolve_model_flags(command: list[str]) -> list[str]:
 
     out = list(command)
     for k in range(1, len(out)):
-        if out[k - 1] in ("--model.model_name_or_path", "--ref.model_name_or_path") and out[k] in EMBEDDED:
+        if out[k - 1] in ("--model.model_name_or_path", "--ref.model_name_or_path", "--model_path") and (
+            out[k] in EMBEDDED
+        ):  # --model_path: upstream's lora_combiner (the sft_merge stage)
             out[k] = resolve_model(out[k])
     return out
 

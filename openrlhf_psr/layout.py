@@ -67,6 +67,10 @@ class RunLayout:
     def sft_tb(self) -> Path:
         return self.root / "sft" / "tb"
 
+    def sft_adapter(self) -> Path:
+        """SFT with LoRA (``--ds.lora.rank``): upstream's adapter, which ``sft_merge`` merges into ``sft/model``."""
+        return self.root / "sft" / "lora_adapter"
+
     # -- iteration t (M(t) -> M(t+1)) -------------------------------------------------------------------------
     def iteration(self, t: int) -> Path:
         return self.root / f"iter_{_positive(t, 'iteration')}"

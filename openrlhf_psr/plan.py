@@ -323,7 +323,8 @@ def plan_training(stage: str, applies_to: list[str], shape: ModelShape, hw: Hard
         out.host.append(
             Line("model load (every rank builds the full bf16 model)", hw.gpus_per_node * BF16 * shape.params / GB)
         )
-    if s.lora_rank:  # train_step_dpo merges the adapters into M(t) on rank 0's host at the end
+    if s.lora_rank and s.reference:  # train_step_dpo merges the adapters into M(t) on rank 0's host at the end
+        # (SFT's merge is a stage of its own, sft_merge, after training has let go of the host's memory)
         out.host.append(Line("LoRA merge (rank 0 loads M(t) in bf16)", BF16 * shape.params / GB))
 
     if out.gpu_gb > hw.gpu_memory_gb:
@@ -498,7 +499,7 @@ def training_settings(recipe, stage: str) -> TrainSettings:
         scored_tokens=2 * recipe.psr.search.max_tokens_per_step if dpo and recipe.psr.method == "psr" else None,
         reference=str(recipe.psr.trainer.settings.get("reference", "cached")) if dpo else None,
         tree_mask=dpo,
-        lora_rank=passthrough_flag(flags, "--ds.lora.rank", 0) if dpo else 0,
+        lora_rank=passthrough_flag(flags, "--ds.lora.rank", 0),
     )
 
 

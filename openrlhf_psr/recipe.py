@@ -389,21 +389,6 @@ class Recipe(_Section):
             )
         return self
 
-    @model_validator(mode="after")
-    def _sft_saves_a_whole_model(self):
-        # Upstream's train_sft with LoRA saves the adapter alone, and M1 must be a whole model for the engines that
-        # search and evaluate with it. Step DPO merges its adapter itself (cli/train_step_dpo.save_merged_lora).
-        from openrlhf_psr.plan import passthrough_flag
-
-        rank = passthrough_flag(self.openrlhf.get("sft", {}), "--ds.lora.rank", 0)
-        if self.stages.sft.enabled and rank > 0:
-            raise ValueError(
-                f"openrlhf.sft: --ds.lora.rank {rank}: upstream's SFT saves only the LoRA adapter, and M1 must be a "
-                "whole model; train SFT in full (LoRA is supported for step DPO: openrlhf.dpo), or merge an "
-                "adapter with `python -m openrlhf.cli.lora_combiner` and start from it (stages.sft.enabled: false)"
-            )
-        return self
-
 
 class _StageRun(_Section):
     model: str = Field("default", description="the model: a HF name or path, or `default` (the embedded model)")

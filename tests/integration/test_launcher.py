@@ -201,6 +201,32 @@ def test_third_party_judges_by_entry_point_and_by_module_attr(tiny_model, tmp_pa
     _assert_longer_chosen(proc, tmp_path / "runs" / "moduleattr")
 
 
+def test_lora_sft_through_the_launcher_leaves_a_whole_m1_that_the_engine_evaluates(tiny_model, tmp_path):
+    """``openrlhf.sft: {--ds.lora.rank: N}``: upstream's train_sft saves the adapter alone (a folder no engine can
+    load); the ``sft_merge`` stage merges it into M0, and M1's evaluation on vLLM runs on the result."""
+    import torch
+    from safetensors.torch import load_file
+
+    recipe = tiny_recipe(
+        tmp_path, tiny_model, "lora_sft", "logit",
+        data={"prompts": {"source": "builtin:arith?seed=5"}, "ift": ["builtin:arith?n=16"],
+              "eval": {"benchmarks": ["arith?n=4"], "max_tokens": 16, "before_training": False}},
+        stages={"sft": {"enabled": True, "epochs": 1, "lr": 1e-3, "batch_size": 4, "micro_batch_size": 2,
+                        "max_len": 512}, "iterations": 1, "prompts_per_iteration": [6]},
+        openrlhf={"sft": {"--ds.lora.rank": 8, "--ds.lora.alpha": 16}},
+    )  # fmt: skip
+    proc = _run(recipe, tmp_path / "runs", "--until", "eval_m1")
+    run = tmp_path / "runs" / "lora_sft"
+    assert proc.returncode == 0, proc.stderr[-3000:] + (run / "logs" / "sft_merge.log").read_text()[-2000:]
+    assert (run / "sft" / "lora_adapter" / "adapter_config.json").is_file()
+    base, merged = load_file(f"{tiny_model}/model.safetensors"), load_file(run / "sft" / "model" / "model.safetensors")
+    assert set(merged) == set(base)  # the base model's own names: a whole model, not an adapter
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert merged[q].dtype == torch.bfloat16 and not merged[q].equal(base[q].to(torch.bfloat16))
+    evaluation = json.loads((run / "sft" / "eval" / "eval.json").read_text())
+    assert len(evaluation["benchmarks"]["arith"]["records"]) == 4
+
+
 def _flags(command: list[str]) -> set[str]:
     return {tok for tok in command if tok.startswith("--") and "." in tok}
 

@@ -134,6 +134,27 @@ def test_without_sft_m0_is_the_first_searchs_judge_and_its_judges_are_scored(tmp
     assert with_sft["eval_m0"]["judge_sets"] == [] and with_sft["eval_m1"]["judge_sets"]
 
 
+def test_lora_sft_trains_an_adapter_then_merges_it_into_m1_for_the_engines(tmp_path):
+    """Upstream's train_sft with ``--ds.lora.rank`` saves the adapter alone; M1 must be a whole model, so an
+    ``sft_merge`` stage (upstream's lora_combiner) writes it, and only that marks M1 done."""
+    lora = 'openrlhf.sft={"--ds.packing_samples": true, "--ds.lora.rank": 8}'
+    run = RecipeRun(load_recipe(RECIPES / "tiny_cpu.yaml", [lora]), runs_dir=tmp_path)
+    stages = {s.name: s for s in run.plan()}
+    names = [s.name for s in run.plan()]
+    assert names[names.index("sft") : names.index("sft") + 3] == ["sft", "sft_merge", "eval_m1"]
+    sft, merge = stages["sft"], stages["sft_merge"]
+    adapter = run.layout.sft_adapter()
+    assert sft.command[sft.command.index("--ckpt.output_dir") + 1] == str(adapter)
+    assert sft.output == adapter / "adapter_config.json"
+    assert merge.command[2] == "openrlhf.cli.lora_combiner" and merge.output == run.layout.model(1) / "config.json"
+    assert merge.command[merge.command.index("--lora_path") + 1] == str(adapter)
+    assert merge.command[merge.command.index("--output_path") + 1] == str(run.layout.model(1))
+    assert stages["iter_1/search"].config["model"] == str(run.layout.model(1))
+    # full-parameter SFT: no merge, SFT writes M1 itself
+    plain = {s.name: s for s in RecipeRun(load_recipe(RECIPES / "tiny_cpu.yaml"), runs_dir=tmp_path).plan()}
+    assert "sft_merge" not in plain and plain["sft"].output == run.layout.model(1) / "config.json"
+
+
 def test_the_trained_models_can_be_evaluated_on_benchmarks_alone(tmp_path):
     """``judges_every_iteration: off`` scores the judges on M1 only; M2, M3 run their benchmarks (the demo's last
     evaluation without its ~50 s judge pass)."""

@@ -99,10 +99,16 @@ def test_7b_lora_step_dpo_keeps_gradients_and_adam_states_for_the_adapters_only(
     assert {line.what: line.gb for line in plan.host}["LoRA merge (rank 0 loads M(t) in bf16)"] == pytest.approx(
         15.231233024
     )
-    # read from the recipe's pass-through flags, for DPO only
+    # read from each stage's own pass-through flags
     recipe = load_recipe(RECIPES / "psr_qwen2.5_math_7b.yaml", [*recipe_data, 'openrlhf.dpo={"--ds.lora.rank": 16}'])
     assert plan_module.training_settings(recipe, "dpo").lora_rank == 16
     assert plan_module.training_settings(recipe, "sft").lora_rank == 0
+    recipe = load_recipe(RECIPES / "psr_qwen2.5_math_7b.yaml", [*recipe_data, 'openrlhf.sft={"--ds.lora.rank": 8}'])
+    assert plan_module.training_settings(recipe, "sft").lora_rank == 8
+    # LoRA SFT: the same adapter-only states; its merge is the sft_merge stage, after training, not a training line
+    sft = plan_training("sft", ["sft"], shape, hw, TrainSettings(zero_stage=2, lora_rank=16))
+    assert _lines(sft)["Adam states"] * GB == pytest.approx(12 * lora / 8)
+    assert not [line for line in sft.host if "merge" in line.what]
 
 
 def test_7b_vllm_tp1_kv_cache_by_hand():

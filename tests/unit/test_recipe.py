@@ -43,16 +43,6 @@ def test_a_learning_rate_list_shorter_than_the_iterations_names_both_keys(tmp_pa
         load_recipe(_write(tmp_path, {**BASE, "dpo": {"lr_per_iteration": [0]}}))
 
 
-def test_lora_sft_is_refused_because_m1_must_be_a_whole_model(tmp_path):
-    lora_sft = {**BASE, "openrlhf": {"sft": {"--ds.lora.rank": 8}}}
-    with pytest.raises(RecipeError, match=r"r.yaml: openrlhf.sft: --ds.lora.rank 8: upstream's SFT saves only the "
-                                          r"LoRA adapter.*openrlhf.cli.lora_combiner"):  # fmt: skip
-        load_recipe(_write(tmp_path, lora_sft))
-    # without SFT there is nothing to refuse; step DPO merges its own adapter
-    load_recipe(_write(tmp_path, {**lora_sft, "stages": {"sft": {"enabled": False}}}))
-    load_recipe(_write(tmp_path, {**BASE, "openrlhf": {"dpo": {"--ds.lora.rank": 8}}}))
-
-
 def test_missing_file_names_the_key_and_file(tmp_path):
     data = {**BASE, "data": {"ift": ["gsm8k:/no/such/train.jsonl?limit=10"]}}
     with pytest.raises(RecipeError, match=r"data.ift\[0\]: file /no/such/train.jsonl does not exist"):
