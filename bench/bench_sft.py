@@ -13,7 +13,7 @@ of upstream ``python -m openrlhf.cli.train_sft``; only the batch shapes differ:
   the restarting position ids, so rows never attend to each other (checked by tests/integration/test_sft_packing.py).
   Upstream switches packing to flash-attn, which CPUs lack: the CPU patch 0004 keeps sdpa.
 - ``packed4`` / ``packed2``: packed micro batches of 4 / 2 rows, gradients accumulated up to the same optimiser batch
-  (``packed2`` is what the CPU recipes run).
+  (``packed2`` is what the CPU recipes run); ``packed2_lora``: the same with LoRA rank 64 (``--ds.lora.rank``).
   sdpa with a block-diagonal mask computes the whole (packed length)^2 score matrix, so one 16-row sequence of
   ~6,000 tokens spends most of its time on scores it masks out; shorter packs keep no padding and skip that.
 
@@ -42,6 +42,9 @@ VARIANTS = {
     "packed": {"micro": None, "extra": ["--ds.packing_samples"]},  # None: the optimiser batch
     "packed4": {"micro": 4, "extra": ["--ds.packing_samples"]},
     "packed2": {"micro": 2, "extra": ["--ds.packing_samples"]},
+    # packed2 training LoRA adapters (rank 64 on every linear layer) instead of every weight: no weight gradients
+    # for the frozen model and Adam on 1/7 of the parameters; the launcher merges them into M1 (sft_merge)
+    "packed2_lora": {"micro": 2, "extra": ["--ds.packing_samples", "--ds.lora.rank", "64", "--ds.lora.alpha", "128"]},
 }
 
 
@@ -131,7 +134,7 @@ def main() -> None:
             # upstream's sampler shuffles with the seed, identically for every variant: per-step token counts are
             # taken as the average, so the ratio between variants is exact and the absolute figure is an estimate
             per_step = real / steps
-            ran = padded_tokens(lengths, micro, bool(variant["extra"]))
+            ran = padded_tokens(lengths, micro, "--ds.packing_samples" in variant["extra"])
             results[name] = {"loop_tok_s": per_step * (steps - 1) / seconds, "median_tok_s": per_step / median,
                              "peak_rss_gib": rss, "wall_s": wall, "steps": steps,
                              "ran_per_real": ran / real}  # fmt: skip
