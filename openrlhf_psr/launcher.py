@@ -189,6 +189,8 @@ class RecipeRun:
         return Stage(name, command, output, config=config.model_dump(mode="json"), config_file=path, **kw)
 
     def plan(self) -> list[Stage]:
+        from openrlhf_psr.plan import passthrough_flag, training_settings
+
         r, run = self.recipe, self.layout
         stages: list[Stage] = []
         has_eval = bool(r.data.eval.benchmarks or r.data.eval.judge_sets)
@@ -198,9 +200,7 @@ class RecipeRun:
             stages.append(self._eval(0, run.eval(0)))
         if r.stages.sft.enabled:
             sft = r.stages.sft
-            from openrlhf_psr.plan import passthrough_flag
-
-            lora = passthrough_flag(r.openrlhf.get("sft", {}), "--ds.lora.rank", 0) > 0
+            lora = training_settings(r, "sft").lora_rank > 0  # the LoRA rank `plan` counts, read the same way
             data = run.sft_data()
             # The rows hold each example rendered for M0 in the recipe's format (chat or raw), exactly as the search
             # and evaluation render prompts; the identity input template keeps upstream from wrapping them again.
@@ -227,9 +227,10 @@ class RecipeRun:
                 # upstream's train_sft with LoRA saves the adapter alone; the engines that search and evaluate
                 # with M1 need a whole model, so upstream's own lora_combiner merges it into M0 (as step DPO does)
                 stages.append(Stage("sft", train, run.sft_adapter() / "adapter_config.json", distributed=True))
+                dtype = passthrough_flag(r.openrlhf.get("sft", {}), "--ds.param_dtype", "bf16")  # as SFT trained
                 merge = [self.python, "-m", "openrlhf.cli.lora_combiner", "--model_path", self.model(0),
                          "--lora_path", str(run.sft_adapter()), "--output_path", str(run.model(1)),
-                         "--ds.param_dtype", "bf16"]  # fmt: skip
+                         "--ds.param_dtype", str(dtype)]  # fmt: skip
                 stages.append(Stage("sft_merge", merge, run.model(1) / "config.json"))
             if has_eval:
                 stages.append(self._eval(1, run.eval(1)))

@@ -323,7 +323,7 @@ def plan_training(stage: str, applies_to: list[str], shape: ModelShape, hw: Hard
         out.host.append(
             Line("model load (every rank builds the full bf16 model)", hw.gpus_per_node * BF16 * shape.params / GB)
         )
-    if s.lora_rank and s.reference:  # train_step_dpo merges the adapters into M(t) on rank 0's host at the end
+    if s.lora_rank and stage == "dpo":  # train_step_dpo merges the adapters into M(t) on rank 0's host at the end
         # (SFT's merge is a stage of its own, sft_merge, after training has let go of the host's memory)
         out.host.append(Line("LoRA merge (rank 0 loads M(t) in bf16)", BF16 * shape.params / GB))
 

@@ -140,7 +140,7 @@ def test_lora_sft_trains_an_adapter_then_merges_it_into_m1_for_the_engines(tmp_p
     lora = 'openrlhf.sft={"--ds.packing_samples": true, "--ds.lora.rank": 8}'
     run = RecipeRun(load_recipe(RECIPES / "tiny_cpu.yaml", [lora]), runs_dir=tmp_path)
     stages = {s.name: s for s in run.plan()}
-    names = [s.name for s in run.plan()]
+    names = list(stages)  # in the order they run
     assert names[names.index("sft") : names.index("sft") + 3] == ["sft", "sft_merge", "eval_m1"]
     sft, merge = stages["sft"], stages["sft_merge"]
     adapter = run.layout.sft_adapter()
