@@ -40,6 +40,7 @@ from pydantic import (
     PositiveInt,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -53,6 +54,18 @@ class RecipeError(UserError, ValueError):
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     moved_keys: ClassVar[dict[str, str]] = {}  # an old key -> where it lives now (its error names the new key)
+    # Fields added after runs existed, left out of a dump while at their default. A stage's fingerprint reads its
+    # dumped config, so without this every run made before the field would rerun its stages after an upgrade.
+    quiet_defaults: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _leave_out_quiet_defaults(self, handler):
+        data = handler(self)
+        fields = type(self).model_fields
+        for name in self.quiet_defaults:
+            if isinstance(data, dict) and name in data and getattr(self, name) == fields[name].default:
+                del data[name]
+        return data
 
     @model_validator(mode="before")
     @classmethod
@@ -118,6 +131,7 @@ class SearchSpec(_Section):
     """
 
     moved_keys: ClassVar[dict[str, str]] = {"max_model_len": "psr.generator.max_model_len"}
+    quiet_defaults: ClassVar[tuple[str, ...]] = ("majority_filter", "majority_max_tokens")
 
     width: int = Field(6, ge=2, description="candidate next steps sampled per round (paper: w = 6)")
     temperature: float = Field(0.5, ge=0, description="sampling temperature of candidates (paper: 0.5)")
@@ -150,6 +164,14 @@ class SearchSpec(_Section):
         description="leave out of judging every candidate carrying a verdict marker, chat-template control text or "
         "a prompt block delimiter (off: they are judged through the guarded prompt, flagged and counted)",
     )
+    majority_filter: int = Field(
+        0, ge=0, description="a gold-free outcome filter (self-consistency): sample this many whole solutions per "
+        "problem from the searching model (the search's temperature and top_p), take their most common boxed answer "
+        "(math-verify-equivalent answers vote together) and drop the pairs of trajectories whose final answer is not "
+        "it, or that have no majority (fewer than 2 votes for the most common answer, or a tie); 0: off, as in the "
+        "paper. Not for data.eval.tts (its pairs train nothing)",
+    )  # fmt: skip
+    majority_max_tokens: int = Field(512, gt=0, description="cap on one majority_filter solution's tokens")
 
 
 class SRLMSpec(_Section):
@@ -173,6 +195,14 @@ class TTSSpec(SearchSpec):
     def _logit_aggregates_probabilities(self):
         if self.judge == "logit" and "aggregate" not in self.model_fields_set:
             object.__setattr__(self, "aggregate", "prob")
+        return self
+
+    @model_validator(mode="after")
+    def _no_pair_filters(self):
+        # test-time search writes pairs nobody trains on: a filter there only costs samples (or needs gold answers)
+        if self.majority_filter:
+            raise ValueError("data.eval.tts.majority_filter: expected 0 (the filter selects training pairs; the "
+                             f"test-time search trains nothing), found {self.majority_filter}")  # fmt: skip
         return self
 
 

@@ -397,6 +397,10 @@ class Trajectory:
         model_id, seed, config: what produced it.
         solutions, scores, solution_finish: SRLM only: every sampled solution, its mean rubric score (None when no
             judgment parsed) and its finish reason.
+        majority: PSR with ``psr.search.majority_filter`` only (else None): ``answer`` (the majority of the
+            sampled solutions' boxed answers, None without one), ``votes`` (every solution's boxed answer, None where
+            it boxed none), ``agrees`` (the final answer is that majority: the trajectory's pairs were kept) and
+            ``correct`` (the majority graded against ``gold``; None without gold or majority).
 
     Version 2 added ``method`` and SRLM's fields; a version 1 row is read as PSR, or as SRLM when it holds
     ``solutions`` (then its ``finish`` list is ``solution_finish``).
@@ -423,6 +427,7 @@ class Trajectory:
     solutions: list[str] = field(default_factory=list)
     scores: list[float | None] = field(default_factory=list)
     solution_finish: list[str | None] = field(default_factory=list)
+    majority: dict | None = None
 
     VERSION = 2
     _SPEC = {
@@ -443,6 +448,7 @@ class Trajectory:
         "solutions": ("strs", False),
         "scores": ("nums", False),
         "solution_finish": ("list", False),
+        "majority": ("dict?", False),
     }
 
     def __post_init__(self) -> None:
@@ -455,6 +461,8 @@ class Trajectory:
         if self.method == "psr":  # SRLM's fields stay out of PSR rows
             for name in ("solutions", "scores", "solution_finish"):
                 del row[name]
+        if self.majority is None:  # rows of searches without the majority filter stay as they were
+            del row["majority"]
         return row
 
     @classmethod

@@ -74,14 +74,40 @@ class _Problem:
     rounds: list[dict] = field(default_factory=list)
     rollbacks: int = 0
     finish: str | None = None
+    votes: list[str | None] | None = None  # majority_filter: the sampled solutions' boxed answers
 
     def prefix_ids(self) -> list[int]:
         return self.prompt_ids + [t for s in self.steps for t in s.token_ids]
 
 
 def derive_seed(seed: int, problem_id: str, round_no: int) -> int:
-    """A per-(problem, round) seed, independent of how problems are batched."""
+    """A per-(problem, round) seed, independent of how problems are batched (round -1: the majority votes)."""
     return zlib.crc32(f"{seed}:{problem_id}:{round_no}".encode())
+
+
+def majority_answer(answers: Sequence[str | None], same: Callable[[str, str], bool]) -> str | None:
+    """The answer most of ``answers`` agree on, or None without a clear one (fewer than two votes for the most
+    common answer, or a tie for the most). Answers that ``same`` calls equal vote together; None does not vote.
+
+    >>> same = lambda a, b: a.strip() == b.strip()
+    >>> majority_answer(["5", "4", " 5", None], same), majority_answer(["5", "4", None, None], same)
+    ('5', None)
+    >>> majority_answer(["5", "4", "4", "5"], same) is None  # a tie
+    True
+    """
+    groups: list[list[str]] = []
+    for answer in answers:
+        if answer is None:
+            continue
+        group = next((g for g in groups if same(answer, g[0])), None)
+        if group is None:
+            groups.append([answer])
+        else:
+            group.append(answer)
+    sizes = sorted((len(g) for g in groups), reverse=True)
+    if not sizes or sizes[0] < 2 or (len(sizes) > 1 and sizes[1] == sizes[0]):
+        return None
+    return max(groups, key=len)[0]
 
 
 def trim_step(tokenizer, sample: Sample) -> Step:
@@ -157,7 +183,54 @@ class StepSearch:
         self.grader = grader
         self.stop = tuple(step_stop_strings())
         self.stats = {"engine_calls": 0, "judge_calls": 0, "judge_batches": 0, "generated_tokens": 0,
-                      "blank_start_continuations": 0}  # fmt: skip
+                      "blank_start_continuations": 0, "majority_samples": 0}  # fmt: skip
+
+    # -- the majority filter's votes -------------------------------------------------------------------------
+    def _vote(self, problems: list[_Problem], progress: bool, chunk: int = 64) -> None:
+        """Sample ``majority_filter`` whole solutions per problem from the prompt alone and keep their boxed answers
+        (``p.votes``). Seeded per problem (round -1), so a resumed search draws the same votes."""
+        from tqdm.auto import tqdm
+
+        cfg = self.config
+        for start in tqdm(range(0, len(problems), chunk), desc="majority votes", disable=not progress):
+            batch = problems[start : start + chunk]
+            requests = [
+                SampleRequest(
+                    tuple(p.prompt_ids),
+                    n=cfg.majority_filter,
+                    temperature=cfg.temperature,
+                    top_p=cfg.top_p,
+                    max_tokens=cfg.majority_max_tokens,
+                    seed=derive_seed(cfg.seed, p.problem.id, -1),
+                    affinity=str(p.problem.id),  # the engine that will search this problem caches its prompt
+                )
+                for p in batch
+            ]
+            outputs = _with_retries(lambda r=requests: self.engine.generate(r), cfg.judge_retries, "engine.generate")
+            self.stats["engine_calls"] += 1
+            self.stats["majority_samples"] += sum(len(out) for out in outputs)
+            self.stats["generated_tokens"] += sum(len(s.token_ids) for out in outputs for s in out)
+            for p, out in zip(batch, outputs, strict=True):
+                p.votes = [extract_boxed(s.text) for s in out]
+
+    def _majority(self, p: _Problem, final_answer: str | None) -> dict | None:
+        """The trajectory's ``majority`` record (see :class:`~openrlhf_psr.records.Trajectory`)."""
+        if p.votes is None:
+            return None
+        same = lambda a, b: self.grader(a, b) is True  # noqa: E731 - math-verify equivalence, time-limited
+        answer = majority_answer(p.votes, same)
+        return {
+            "answer": answer,
+            "votes": p.votes,
+            "agrees": answer is not None and final_answer is not None and same(final_answer, answer),
+            "correct": self.grader(answer, p.problem.answer) if answer is not None else None,
+        }
+
+    def _keeps_pairs(self, t: Trajectory) -> bool:
+        """Whether a finished trajectory's pairs are written (the outcome filters; both off in the paper)."""
+        if self.config.filter_wrong and t.correct is False:
+            return False
+        return not (self.config.majority_filter and not t.majority["agrees"])
 
     # -- one round -------------------------------------------------------------------------------------------
     def _sample(self, active: list[_Problem]) -> list[list[Step]]:
@@ -372,6 +445,7 @@ class StepSearch:
             model_id=self.model_id,
             seed=self.config.seed,
             config=self.config.model_dump(),
+            majority=self._majority(p, answer),
         )
 
     # -- driver ----------------------------------------------------------------------------------------------
@@ -394,6 +468,8 @@ class StepSearch:
             if p.id not in done
         ]
         start = time.perf_counter()
+        if self.config.majority_filter and todo:
+            self._vote(todo, progress)
         bar = tqdm(
             total=len(problems), initial=len(problems) - len(todo), desc="step-wise search", disable=not progress
         )
@@ -409,7 +485,7 @@ class StepSearch:
                 pairs = [
                     pair.to_json()
                     for p, t in zip(finished, trajectories, strict=True)
-                    if not (self.config.filter_wrong and t.correct is False)
+                    if self._keeps_pairs(t)
                     for pair in p.pairs
                     if pair is not None
                 ]
@@ -490,5 +566,19 @@ def summarize(store: ShardStore, tokenizer=None) -> dict:
         "accuracy": sum(graded) / len(graded) if graded else None,
         "finish": finishes,
         "flagged_candidates": sum(1 for r in rounds for fl in r.get("flags", ()) if fl),
+        **_majority_stats([t.majority for t in psr if t.majority is not None]),
         "candidate_flags": {name: flags.count(name) for name in sorted(set(flags))},
+    }
+
+
+def _majority_stats(majorities: list[dict]) -> dict:
+    """The majority filter's statistics (empty without it): how often the votes had a majority, how often the
+    search's answer agreed with it (its pairs kept), and how often the majority was right where gold is known."""
+    if not majorities:
+        return {}
+    graded = [m["correct"] for m in majorities if m["correct"] is not None]
+    return {
+        "majority_decided": sum(m["answer"] is not None for m in majorities) / len(majorities),
+        "majority_agrees": sum(bool(m["agrees"]) for m in majorities) / len(majorities),
+        "majority_accuracy": sum(graded) / len(graded) if graded else None,
     }

@@ -249,17 +249,24 @@ def _markdown(result: dict) -> str:
         else:
             md += [_table(["arm", "model", "judge/set", "accuracy"], [r[:-1] for r in judge_rows]), ""]
     pair_rows = []
+    # psr.search.majority_filter: how often the votes had an answer, the search agreed (pairs kept), it was right
+    majority = any("majority_agrees" in s for a in arms.values() for s in a["search"].values())
     for arm, a in arms.items():
         for it, s in a["search"].items():
             agreement = a["oracle_agreement"].get(it, {})
             pair_rows.append([arm, it, str(s.get("pairs", "-")), _pct(agreement.get("agreement")),
                               str(agreement.get("disagree", "-")), str(agreement.get("undecided", "-")),
                               _pct(s.get("abstention_rate")), _pct(s.get("accuracy"))])  # fmt: skip
+            if majority:
+                pair_rows[-1] += [_pct(s.get(k)) for k in ("majority_decided", "majority_agrees", "majority_accuracy")]
     if pair_rows:
         md += ["## Training pairs per iteration", "",
                "oracle agrees: the exact checker ranks the chosen step above the rejected one (%)", ""]  # fmt: skip
-        md += [_table(["arm", "iteration", "pairs", "oracle agrees", "oracle disagrees", "undecided",
-                       "judge abstention", "search accuracy"], pair_rows), ""]  # fmt: skip
+        header = ["arm", "iteration", "pairs", "oracle agrees", "oracle disagrees", "undecided", "judge abstention",
+                  "search accuracy"]  # fmt: skip
+        if majority:
+            header += ["votes with a majority", "search agrees with it (pairs kept)", "majority right"]
+        md += [_table(header, pair_rows), ""]
     if result["seconds"]:
         rows = [[k, f"{v:.0f}"] for k, v in result["seconds"].items()]
         rows.append(["total", f"{sum(result['seconds'].values()):.0f}"])

@@ -104,3 +104,28 @@ def test_logit_judge_batched_equals_one_by_one_and_the_full_head(default_model):
             logits = model(torch.tensor([judge.prompt_ids(c)])).logits[0, -1]
         assert p == pytest.approx(torch.softmax(logits[[a, b]].float(), -1)[0].item(), abs=1e-4)
     assert all(0.0 < p < 1.0 for p in batched)
+
+
+def test_the_majority_filter_on_vllm_cpu_keeps_pairs_only_where_the_votes_agree(local_engine, tmp_path):
+    """A gold-free outcome filter on the real engine: k whole solutions per problem, seeded and recorded; only a
+    trajectory whose answer is the votes' majority has its pairs written."""
+    from openrlhf_psr.judges.oracle import OracleJudge
+
+    problems = load_problems("builtin:arith?seed=11&ops=2-3&max_value=50", limit=4)
+    config = SearchConfig(**{**SMALL.__dict__, "majority_filter": 4, "majority_max_tokens": 96})
+    votes = []
+    for out in (tmp_path / "a", tmp_path / "b"):
+        summary = StepSearch(local_engine, OracleJudge(), config).run(problems, out, progress=False)
+        trajectories = {t["problem_id"]: t for t in ShardStore(out).read("trajectories")}
+        kept = {p["problem_id"] for p in ShardStore(out).read("pairs")}
+        assert set(trajectories) == {p.id for p in problems} and kept <= set(trajectories)
+        for pid, t in trajectories.items():
+            majority = t["majority"]
+            assert len(majority["votes"]) == 4
+            if majority["agrees"]:
+                assert majority["answer"] is not None and t["final_answer"] is not None
+            else:
+                assert pid not in kept
+        assert summary["run_majority_samples"] == 4 * len(problems) and "majority_agrees" in summary
+        votes.append({pid: t["majority"]["votes"] for pid, t in trajectories.items()})
+    assert votes[0] == votes[1]  # seeded per problem: a second search draws the same votes

@@ -96,6 +96,18 @@ def test_the_judge_table_gains_a_tie_column_when_the_self_judge_was_offered_ties
     assert "| self | M2 | logit/builtin | 70.0 [63.3, 75.9] (200) | - |" in text
 
 
+def test_the_pairs_table_gains_majority_columns_when_a_search_used_the_majority_filter(tmp_path):
+    base, arms = _runs(tmp_path)
+    assert "majority right" not in evidence._markdown(evidence.compare(base, arms))
+    summary = arms["self"] / "iter_1" / "search" / "summary.json"
+    stats = {"majority_decided": 0.875, "majority_agrees": 0.25, "majority_accuracy": 0.5}
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), **stats}))
+    text = evidence._markdown(evidence.compare(base, arms))
+    assert "| votes with a majority | search agrees with it (pairs kept) | majority right |" in text
+    assert "| self | iter_1 | 4 | 75.0 | 1 | 0 | - | 30.0 | 87.5 | 25.0 | 50.0 |" in text
+    assert "| oracle | iter_1 | 4 | 100.0 | 0 | 0 | - | 30.0 | - | - | - |" in text
+
+
 def test_the_paired_test_counts_changed_answers_by_problem_id_not_by_position(tmp_path):
     """Two models that each solve 50% of the same four problems but different ones: no gain by accuracy, and the
     paired counts see the two answers that flipped each way (M2's records come in another order)."""

@@ -342,3 +342,68 @@ def test_the_search_command_defaults_to_the_papers_generative_judge_as_the_recip
     stage = stage_config(parser.parse_args(["--out", "x"]))
     assert stage.judge.name == PSRSpec().judge.name == "generative" and stage.search.aggregate == "verdict"
     assert stage.generator.name == PSRSpec().generator.name == "vllm"
+
+
+def test_filter_wrong_drops_the_pairs_of_trajectories_with_a_wrong_final_answer(tmp_path):
+    # every search ends at \boxed{5}: right for p0, wrong for p1, ungraded for p2 (no gold: kept)
+    problems = [Problem("p0", "q0", "5"), Problem("p1", "q1", "4"), Problem("p2", "q2", None)]
+    cfg = SearchConfig(width=3, max_rounds=6, filter_wrong=True)
+    StepSearch(ScriptedEngine(good_bad_script), RankJudge(), cfg).run(problems, tmp_path, progress=False)
+    store = ShardStore(tmp_path)
+    assert {p["problem_id"] for p in store.read("pairs")} == {"p0", "p2"}
+    assert len(list(store.read("trajectories"))) == 3  # the trajectory itself is kept
+
+
+def _voting(votes):
+    """good_bad_script, plus whole solutions for the majority votes (the requests without step stop strings)."""
+
+    def script(question, n_steps, request):
+        if not request.stop:
+            texts = [f"Step 1: so \\boxed{{{v}}}." if v else "Step 1: no answer." for v in votes[question]]
+            return [_sample(text, "eos") for text in texts]
+        return good_bad_script(question, n_steps, request)
+
+    return script
+
+
+def test_majority_filter_keeps_the_pairs_of_trajectories_whose_answer_the_votes_agree_on(tmp_path):
+    # every search ends at \boxed{5}; gold is 5 but the filter never reads it (only the majority's `correct` does)
+    votes = {  # 4 solutions per problem; None: a solution that boxed no answer (it does not vote)
+        "q0": ["5", "4", "5", None],  # majority 5: kept
+        "q1": ["4", "4", "5", None],  # majority 4: dropped
+        "q2": ["5", "4", "6", None],  # no answer has two votes: dropped
+        "q3": ["5.0", "5", None, "4"],  # 5.0 and 5 vote together (math-verify): kept
+        "q4": ["5", "4", "4", None],  # majority 4: dropped
+    }
+    problems = [Problem(f"p{i}", f"q{i}", "5") for i in range(5)]
+    cfg = SearchConfig(width=3, max_rounds=6, majority_filter=4)
+    engine = ScriptedEngine(_voting(votes))
+    summary = StepSearch(engine, RankJudge(), cfg).run(problems, tmp_path, progress=False)
+    store = ShardStore(tmp_path)
+    assert {p["problem_id"] for p in store.read("pairs")} == {"p0", "p3"}
+    majority = {t["problem_id"]: t["majority"] for t in store.read("trajectories")}
+    assert majority["p0"] == {"answer": "5", "votes": ["5", "4", "5", None], "agrees": True, "correct": True}
+    assert majority["p1"]["answer"] == "4" and not majority["p1"]["agrees"] and majority["p1"]["correct"] is False
+    assert majority["p2"]["answer"] is None and majority["p2"]["agrees"] is False and majority["p2"]["correct"] is None
+    assert majority["p3"]["agrees"] and majority["p4"]["answer"] == "4"
+    assert summary["run_majority_samples"] == 5 * 4 and summary["pairs"] == 2 * 3
+    assert summary["majority_decided"] == 4 / 5 and summary["majority_agrees"] == 2 / 5
+    assert summary["majority_accuracy"] == 2 / 4  # p0 and p3 right, p1 and p4 wrong
+    # the votes come before the search, from the problem prompt alone, seeded per problem
+    assert engine.calls == 1 + 3
+
+
+def test_a_search_without_the_majority_filter_writes_no_majority_and_draws_no_votes(tmp_path):
+    engine = ScriptedEngine(good_bad_script)
+    summary = StepSearch(engine, RankJudge(), CFG).run(PROBLEMS, tmp_path, progress=False)
+    assert all("majority" not in t for t in ShardStore(tmp_path).read("trajectories"))
+    assert summary["run_majority_samples"] == 0 and "majority_agrees" not in summary and engine.calls == 3
+
+
+def test_search_doctests():
+    import doctest
+
+    import openrlhf_psr.search as search
+
+    result = doctest.testmod(search)
+    assert result.failed == 0 and result.attempted >= 3

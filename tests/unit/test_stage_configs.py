@@ -30,6 +30,7 @@ SPECIAL = {
     "data.eval.judges": ["logit"],
     "data.eval.tts.benchmarks": ["arith"],
     "data.eval.tts.judge": "logit",
+    "data.eval.tts.majority_filter": 0,  # refused there: the test-time search's pairs train nothing
 }
 
 
@@ -256,3 +257,23 @@ def test_the_search_stage_runs_with_the_settings_of_its_config(tmp_path, monkeyp
     config = json.loads(config)
     assert (config["judge_retries"], config["max_prompt_tokens"], config["width"]) == (3, 2000, 3)
     assert config["chat_template"] is False and config["seed"] == run.recipe.seed + 1
+
+
+def test_test_time_search_refuses_the_majority_filter():
+    # its pairs train nothing: the votes would only cost samples
+    with pytest.raises(ValueError, match=r"tts\.majority_filter: expected 0 .* found 4"):
+        TTSSpec(majority_filter=4)
+    assert SearchSpec(majority_filter=4).majority_filter == 4
+
+
+def test_a_setting_added_later_stays_out_of_stage_fingerprints_until_it_is_set(tmp_path):
+    # a run made before psr.search.majority_filter existed must not rerun its searches and evaluations after an
+    # upgrade: the stages' settings (what fingerprints read) are unchanged while the new setting is at its default
+    def settings(overrides):
+        run = RecipeRun(load_recipe(RECIPES / "tiny_cpu.yaml", overrides), runs_dir=tmp_path / "runs")
+        return {stage.name: stage.settings_args() for stage in run.plan()}
+
+    before = settings([])
+    assert not any("majority" in arg for args in before.values() for arg in args)
+    after = settings(["psr.search.majority_filter=5"])
+    assert "--search.majority_filter" in after["iter_1/search"] and after["eval_m1"] == before["eval_m1"]
