@@ -63,7 +63,7 @@ class _Section(BaseModel):
         data = handler(self)
         fields = type(self).model_fields
         for name in self.quiet_defaults:
-            if isinstance(data, dict) and name in data and getattr(self, name) == fields[name].default:
+            if name in data and getattr(self, name) == fields[name].default:
                 del data[name]
         return data
 
@@ -198,7 +198,7 @@ class TTSSpec(SearchSpec):
         return self
 
     @model_validator(mode="after")
-    def _no_pair_filters(self):
+    def _no_majority_filter(self):
         # test-time search writes pairs nobody trains on: a filter there only costs samples (or needs gold answers)
         if self.majority_filter:
             raise ValueError("data.eval.tts.majority_filter: expected 0 (the filter selects training pairs; the "

@@ -104,10 +104,10 @@ def majority_answer(answers: Sequence[str | None], same: Callable[[str, str], bo
             groups.append([answer])
         else:
             group.append(answer)
-    sizes = sorted((len(g) for g in groups), reverse=True)
-    if not sizes or sizes[0] < 2 or (len(sizes) > 1 and sizes[1] == sizes[0]):
+    groups.sort(key=len, reverse=True)
+    if not groups or len(groups[0]) < 2 or (len(groups) > 1 and len(groups[1]) == len(groups[0])):
         return None
-    return max(groups, key=len)[0]
+    return groups[0][0]
 
 
 def trim_step(tokenizer, sample: Sample) -> Step:
