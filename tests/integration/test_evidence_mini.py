@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -166,16 +167,17 @@ def test_dpo_on_oracle_pairs_raises_their_margin(evidence):
     assert after > before, (before, after)
 
 
-def _unfiltered_pair_count(rounds: list[dict]) -> int:
-    """How many pairs a trajectory writes without an outcome filter, replayed from its round log the way the search
-    builds them: an accepted step adds its pair, a unanimous one adds none, a rollback drops the last step's."""
-    stack: list[bool] = []
-    for r in rounds:
+def _unfiltered_pair_count(trajectory) -> int:
+    """How many pairs a trajectory writes without an outcome filter, from its round log replayed as the search held
+    its prefix (``own_steps.replay``): a final step has a pair when the last round that accepted it was a judged
+    ``accept`` (a unanimous one has none; a rolled-back step's pair went with it)."""
+    from openrlhf_psr.data.own_steps import replay
+
+    judged_at: dict[int, bool] = {}
+    for prefix, r in replay(trajectory):
         if r["action"] in ("accept", "accept_unanimous"):
-            stack.append(r["action"] == "accept")
-        elif r["action"] == "rollback" and stack:
-            stack.pop()
-    return sum(stack)
+            judged_at[len(prefix)] = r["action"] == "accept"
+    return sum(judged_at[i] for i in range(len(trajectory.steps)))
 
 
 def test_the_majority_filter_on_vllm_cpu_keeps_exactly_the_pairs_of_trajectories_that_agree_with_the_votes(
@@ -188,6 +190,7 @@ def test_the_majority_filter_on_vllm_cpu_keeps_exactly_the_pairs_of_trajectories
     one-operation ones, which this weak M1 answers consistently enough to agree with its votes on about 5 of 12
     (probed on two tasks and two judges), and the seeded random judge makes a pair in every round with two distinct
     candidates, so agreeing trajectories have pairs to keep."""
+    from openrlhf_psr.data.own_steps import read_trajectories
     from openrlhf_psr.data.problems import load_problems
     from openrlhf_psr.engines.vllm_local import VLLMLocalEngine
     from openrlhf_psr.grading import is_correct
@@ -203,25 +206,22 @@ def test_the_majority_filter_on_vllm_cpu_keeps_exactly_the_pairs_of_trajectories
         summary = StepSearch(engine, RandomJudge(seed=1), config).run(problems, tmp_path, progress=False)
     finally:
         engine.close()
-    store = ShardStore(tmp_path)
-    trajectories = {t["problem_id"]: t for t in store.read("trajectories")}
-    written: dict = {}
-    for pair in store.read("pairs"):
-        written[pair["problem_id"]] = written.get(pair["problem_id"], 0) + 1
+    trajectories = {t.problem_id: t for t in read_trajectories(tmp_path)}
+    written = Counter(pair["problem_id"] for pair in ShardStore(tmp_path).read("pairs"))
     assert set(trajectories) == {p.id for p in problems}
     same = lambda a, b: is_correct(a, b) is True  # noqa: E731 - the search's own equivalence
     kept = dropped = 0
     for pid, t in trajectories.items():
-        m = t["majority"]
+        m = t.majority
         assert len(m["votes"]) == 5
         assert m["answer"] == majority_answer(m["votes"], same)
-        assert m["agrees"] == (m["answer"] is not None and t["final_answer"] is not None
-                               and same(t["final_answer"], m["answer"]))  # fmt: skip
-        would_write = _unfiltered_pair_count(t["rounds"])
-        assert written.get(pid, 0) == (would_write if m["agrees"] else 0), (pid, m, would_write)
+        assert m["agrees"] == (m["answer"] is not None and t.final_answer is not None
+                               and same(t.final_answer, m["answer"]))  # fmt: skip
+        would_write = _unfiltered_pair_count(t)
+        assert written[pid] == (would_write if m["agrees"] else 0), (pid, m, would_write)
         kept += would_write if m["agrees"] else 0
         dropped += 0 if m["agrees"] else would_write
-    votes = [v for t in trajectories.values() for v in t["majority"]["votes"]]
+    votes = [v for t in trajectories.values() for v in t.majority["votes"]]
     assert sum(v is not None for v in votes) > len(votes) // 2, votes  # the M1 boxes its answers: the votes count
     assert kept and dropped, (kept, dropped)
     assert summary["run_majority_samples"] == 5 * len(problems) and 0 < summary["majority_agrees"] < 1
