@@ -146,19 +146,32 @@ def _gain(first: dict | None, last: dict | None) -> dict | None:
     return {"points": 100 * (last["value"] - first["value"]), "intervals_disjoint": disjoint}
 
 
-def correct_by_problem(run: Path, label: str, benchmark: str) -> dict | None:
-    """``{problem id: correct}`` of model ``label`` (``"M2"``) on ``benchmark`` from its eval.json records (a record
-    without an id is keyed by its position: one benchmark spec always lists its problems in the same order); None
-    when the evaluation kept no records."""
+def eval_records(run: Path, label: str, benchmark: str) -> list[dict] | None:
+    """The per-problem records of model ``label`` (``"M2"``) on ``benchmark`` from its eval.json; None when the
+    evaluation kept none."""
     from openrlhf_psr.io import read_json
     from openrlhf_psr.layout import RunLayout
 
     result = read_json(RunLayout(run).eval_result(int(label.removeprefix("M"))), "an evaluation result (eval.json)")
     records = (result.get("benchmarks") or {}).get(benchmark, {}).get("records")
-    if not isinstance(records, list):
+    return [r for r in records if isinstance(r, dict)] if isinstance(records, list) else None
+
+
+def correct_by_problem(records: list[dict] | None) -> dict | None:
+    """``{problem id: correct}`` of one model's records (a record without an id is keyed by its position: one
+    benchmark spec always lists its problems in the same order)."""
+    if records is None:
         return None
-    return {r.get("id", k): bool(r["correct"]) for k, r in enumerate(records)
-            if isinstance(r, dict) and r.get("correct") is not None}  # fmt: skip
+    return {r.get("id", k): bool(r["correct"]) for k, r in enumerate(records) if r.get("correct") is not None}
+
+
+def slips(records: list[dict] | None) -> dict | None:
+    """How often each operation in one model's answers is false (:func:`openrlhf_psr.judges.oracle.slips_by_operator`
+    over the records' texts); None without records or claims."""
+    from openrlhf_psr.judges.oracle import slips_by_operator
+
+    counts = slips_by_operator(r["text"] for r in records or () if isinstance(r.get("text"), str))
+    return counts or None
 
 
 def compare(base: Path, arms: dict[str, Path], seconds: dict[str, float] | None = None) -> dict:
@@ -178,21 +191,29 @@ def compare(base: Path, arms: dict[str, Path], seconds: dict[str, float] | None 
     result["M1"] = m1
     from openrlhf_psr.eval.stats import paired_change
 
-    m1_correct = {b: correct_by_problem(base, "M1", b) for b in benchmarks}  # read once, paired with every arm
+    m1_records = {b: eval_records(base, "M1", b) for b in benchmarks}  # read once, paired with every arm
+    m1_correct = {b: correct_by_problem(m1_records[b]) for b in benchmarks}
+    result["slips"] = {"M1": {b: slips(m1_records[b]) for b in benchmarks}}
     for arm, run in arms.items():
         summary = _summary(run)
         models = {"M1": m1, **{k: v for k, v in summary["models"].items() if k not in ("M0", "M1")}}
         last = list(models)[-1]
         paired = {}  # M1 -> the final model on the problems both answered
-        for b in benchmarks if last != "M1" else ():
-            final = correct_by_problem(run, last, b)
-            paired[b] = None if m1_correct[b] is None or final is None else paired_change(m1_correct[b], final)
+        arm_slips = {}  # per later model: how often each operation in its answers is false
+        for label in [k for k in models if k != "M1"]:
+            records = {b: eval_records(run, label, b) for b in benchmarks}
+            arm_slips[label] = {b: slips(records[b]) for b in benchmarks}
+            if label == last:
+                for b in benchmarks:
+                    final = correct_by_problem(records[b])
+                    paired[b] = None if m1_correct[b] is None or final is None else paired_change(m1_correct[b], final)
         result["arms"][arm] = {
             "run": str(run),
             "models": models,
             "final": last,
             "gain": {b: _gain(m1["accuracy_ci95"].get(b), models[last]["accuracy_ci95"].get(b)) for b in benchmarks},
             "paired": paired,
+            "slips": arm_slips,
             "search": summary["search"],
             "oracle_agreement": {it: oracle_agreement(run / it / "search") for it in summary["search"]},
         }
@@ -234,6 +255,7 @@ def _markdown(result: dict) -> str:
     ]
     if fractions:
         md += ["; ".join(fractions), ""]
+    md += _slips_markdown(result)
     judge_rows, ties = [], False
     for arm, a in arms.items():
         for label, model in a["models"].items():
@@ -272,6 +294,31 @@ def _markdown(result: dict) -> str:
         rows.append(["total", f"{sum(result['seconds'].values()):.0f}"])
         md += ["## Wall time of the stages (s)", "", _table(["run", "seconds"], rows), ""]
     return "\n".join(md)
+
+
+_OPERATIONS = ("+", "-", "*", "/", "chain")
+
+
+def _slips_markdown(result: dict) -> list[str]:
+    """The slips table: per model, the share of its one-operation claims that are false, per operation."""
+    models = [("", "M1", result.get("slips", {}).get("M1", {}))]
+    models += [(arm, label, by_benchmark) for arm, a in result["arms"].items()
+               for label, by_benchmark in a.get("slips", {}).items()]  # fmt: skip
+    seen = {op for _, _, by_benchmark in models for counts in by_benchmark.values() for op in counts or {}}
+    operations = [op for op in _OPERATIONS if op in seen]
+    if not operations:
+        return []
+    rows = []
+    for arm, label, by_benchmark in models:
+        for b, counts in by_benchmark.items():
+            cells = [f"{100 * c['false'] / c['claims']:.1f} ({c['claims']})" if (c := (counts or {}).get(op)) else "-"
+                     for op in operations]  # fmt: skip
+            rows.append([arm or "every arm", label, b, *cells])
+    return ["## Arithmetic slips in the held-out answers", "",
+            "False claims in % of each model's readable `a op b = c` claims, per operation (claims), from its "
+            "evaluation records: where its wrong answers come from, and which kind of step a stage fixed or broke "
+            "(`chain`: claims with more than one operation).", "",
+            _table(["arm", "model", "benchmark", *operations], rows), ""]  # fmt: skip
 
 
 def _pct(value) -> str:

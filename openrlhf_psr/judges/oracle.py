@@ -23,7 +23,7 @@ right-versus-wrong ones 100%), so there, by default, only right-versus-wrong pai
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Literal
@@ -41,6 +41,7 @@ _NUM = r"(?<![\d.,])\$?(?:\d{1,3}(?:,\d{3}){1,100}(?!\d)|\d{1,300}(?!\d))(?:\.\d
 _OP = r"(?:[-+*/×÷·−]|\\times|\\cdot|\\div|\bx\b)"
 _CLAIM = re.compile(rf"(?P<lhs>{_NUM}(?:\s*{_OP}\s*{_NUM})+)\s*=\s*(?P<rhs>-?{_NUM})")
 _TOKEN = re.compile(rf"{_NUM}|{_OP}")
+_CANONICAL_OP = {"×": "*", "·": "*", "x": "*", "\\times": "*", "\\cdot": "*", "÷": "/", "\\div": "/", "−": "-"}
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class Claim:
     stated: Fraction  # the right side as written
     holds: bool
     operands: tuple[Fraction, ...] = ()
+    operators: tuple[str, ...] = ()  # each written as + - * /, in order
 
 
 @dataclass(frozen=True)
@@ -122,8 +124,34 @@ def arithmetic_claims(text: str) -> list[Claim]:
             continue
         stated_text = m.group("rhs").replace("$", "").replace(",", "")
         operands = tuple(_number(t) for t in tokens[::2])
-        claims.append(Claim(m.group(0), value, _signed(stated_text), _holds(value, stated_text), operands))
+        operators = tuple(_CANONICAL_OP.get(t, t) for t in tokens[1::2])
+        claims.append(Claim(m.group(0), value, _signed(stated_text), _holds(value, stated_text), operands, operators))
     return claims
+
+
+def slips_by_operator(texts: Iterable[str]) -> dict[str, dict[str, int]]:
+    """How often each operation a model writes is false: over every readable claim of ``texts`` (one model's
+    answers), ``{operator: {"claims": n, "false": k}}`` for one-operation claims ``a op b = c``, and ``"chain"`` for
+    longer ones. It says where a model's wrong answers come from and which kind of step a training stage fixed or
+    broke (a stage that fixes subtractions while breaking additions nets little). A text it cannot read (hostile
+    numbers) is skipped.
+
+    >>> counts = slips_by_operator(["Step 1: 40 - 37 = 15.", "3 + 4 = 7, 2 × 3 = 6 and 2 * 3 + 1 = 7", "no claim"])
+    >>> counts["-"], counts["+"], counts["*"], counts["chain"]
+    ({'claims': 1, 'false': 1}, {'claims': 1, 'false': 0}, {'claims': 1, 'false': 0}, {'claims': 1, 'false': 0})
+    """
+    counts: dict[str, dict[str, int]] = {}
+    for text in texts:
+        try:
+            claims = arithmetic_claims(text)
+        except (ValueError, ZeroDivisionError, OverflowError, RecursionError):
+            continue
+        for claim in claims:
+            kind = claim.operators[0] if len(claim.operators) == 1 else "chain"
+            cell = counts.setdefault(kind, {"claims": 0, "false": 0})
+            cell["claims"] += 1
+            cell["false"] += not claim.holds
+    return counts
 
 
 def _signed(text: str) -> Fraction:

@@ -71,6 +71,9 @@ def test_every_arm_runs_from_the_same_m1_and_the_comparison_is_written(evidence)
                        for line in shard.read_text().splitlines()) for arm in result["arms"]}  # fmt: skip
     assert ids["oracle"] == ids["random"] == ids["self"] and len(ids["oracle"]) == 8
     assert "logit/builtin" in result["arms"]["self"]["models"]["M2"]["judge_accuracy_ci95"]
+    # the slips table reads the real evaluation records: M1 (trained on the task's steps) writes checkable claims
+    assert sum(c["claims"] for c in (result["slips"]["M1"]["arith"] or {}).values()) >= 4
+    assert all(list(a["slips"]) == ["M2"] for a in result["arms"].values())
     text = (evidence / "out" / "evidence.md").read_text()
     assert "| oracle |" in text and "| random |" in text and "| self |" in text
     assert (evidence / "out" / "evidence.png").stat().st_size > 0

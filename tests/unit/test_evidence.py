@@ -123,6 +123,33 @@ def test_the_paired_test_counts_changed_answers_by_problem_id_not_by_position(tm
     assert arm["paired"]["arith"] == {"n": 4, "gained": 2, "lost": 2, "p_value": 1.0}  # "e" is not M1's
 
 
+def test_the_slips_table_shows_which_operation_a_stage_fixed_and_which_it_broke(tmp_path):
+    """M1 gets a subtraction wrong, M2 gets it right but breaks an addition: the table says so per operation, from
+    the evaluation records' texts (operators normalised: × is a multiplication), and the JSON keeps the counts."""
+    base, run = tmp_path / "ev", tmp_path / "ev-oracle"
+    metrics = {"accuracy": 0.5, "boxed_rate": 1.0, "step_marker_rate": 1.0, "mean_steps": 2.0, "mean_step_tokens": 9}
+    m1 = [{"id": "a", "correct": False, "text": "Step 1: 40 - 37 = 15.\nStep 2: 15 × 2 = 30. \\boxed{30}"},
+          {"id": "b", "correct": True, "text": "Step 1: 4 + 5 = 9. \\boxed{9}"}]  # fmt: skip
+    m2 = [{"id": "a", "correct": True, "text": "Step 1: 40 - 37 = 3.\nStep 2: 3 × 2 = 6. \\boxed{6}"},
+          {"id": "b", "correct": False, "text": "Step 1: 4 + 5 = 10. \\boxed{10}"}]  # fmt: skip
+    _write(base / "sft" / "eval", {"benchmarks": {"arith": {"metrics": metrics, "records": m1}}, "judges": {}})
+    _write(run / "iter_1" / "eval", {"benchmarks": {"arith": {"metrics": metrics, "records": m2}}, "judges": {}})
+    _search(run, 1, [_pair(True)])
+    result = evidence.compare(base, {"oracle": run})
+    assert result["slips"]["M1"]["arith"]["-"] == {"claims": 1, "false": 1}
+    assert result["arms"]["oracle"]["slips"]["M2"]["arith"] == {
+        "-": {"claims": 1, "false": 0}, "*": {"claims": 1, "false": 0}, "+": {"claims": 1, "false": 1}}  # fmt: skip
+    text = evidence.write(result, tmp_path / "out").read_text()
+    assert "| arm | model | benchmark | + | - | * |" in text
+    assert "| every arm | M1 | arith | 0.0 (1) | 100.0 (1) | 0.0 (1) |" in text
+    assert "| oracle | M2 | arith | 100.0 (1) | 0.0 (1) | 0.0 (1) |" in text
+
+
+def test_no_slips_table_without_answer_texts(tmp_path):
+    base, arms = _runs(tmp_path)  # records without texts: nothing to count, no empty table
+    assert "Arithmetic slips" not in evidence.write(evidence.compare(base, arms), tmp_path / "out").read_text()
+
+
 def test_report_only_keeps_the_wall_times_and_command_of_the_run(tmp_path, monkeypatch, capsys):
     base, arms = _runs(tmp_path)
     result = evidence.compare(base, arms, {"ev": 10.0, "ev-oracle": 20.0})

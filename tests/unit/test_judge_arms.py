@@ -16,7 +16,7 @@ from openrlhf_psr.eval.builtin_judge import builtin_judge_pairs
 from openrlhf_psr.eval.judge_accuracy import LabelledPair, judge_accuracy
 from openrlhf_psr.judges.base import Comparison, JudgeContext, build_judge
 from openrlhf_psr.judges.likelihood import LikelihoodJudge
-from openrlhf_psr.judges.oracle import OracleJudge, arithmetic_claims, check_step
+from openrlhf_psr.judges.oracle import OracleJudge, arithmetic_claims, check_step, slips_by_operator
 from openrlhf_psr.judges.random_judge import RandomJudge
 from openrlhf_psr.registry import JUDGES
 from openrlhf_psr.testing import CharTokenizer
@@ -145,6 +145,13 @@ def test_oracle_as_a_generic_verifier_checks_claims_and_the_gold_answer():
     assert [c.holds for c in arithmetic_claims("7 / 2 = 3.5; 10 / 3 = 3.3; 2 × 3 ÷ 4 = 1.5; 5 x 3 = 16")] == [
         True, True, True, False,
     ]  # fmt: skip
+
+
+def test_slips_by_operator_counts_each_operation_once_per_claim_and_skips_what_it_cannot_read():
+    texts = ["Step 1: 12 \\div 4 = 3 and 7 − 2 = 6", "Step 2: 6 \\cdot 2 = 12, 2 + 3 * 4 = 20",
+             "Step 2: " + "1" * 5000 + " + 1 = 2", "eval('1+1') = 2"]  # fmt: skip
+    right, wrong = {"claims": 1, "false": 0}, {"claims": 1, "false": 1}
+    assert slips_by_operator(texts) == {"/": right, "-": wrong, "*": right, "chain": wrong}
 
 
 def test_oracle_never_evaluates_step_text():
