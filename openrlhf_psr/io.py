@@ -7,6 +7,7 @@ is fsynced and renamed into place. The last kind named is the commit record: a s
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -17,10 +18,26 @@ from pathlib import Path
 _SHARD = re.compile(r"^shard-(\d{5,})\.jsonl$")
 
 
+@functools.cache
+def _umask() -> int:
+    """This process's umask (read once: reading it means setting it, process-wide)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def umask_mode(directory: bool = False) -> int:
+    """The mode ``open()`` / ``mkdir()`` give a new file / folder under the umask. ``tempfile.mkstemp`` and
+    ``mkdtemp`` make theirs private (0600 / 0700); what is written through them and renamed into a runs dir must be
+    readable as anything else the user writes (by Ray workers and teammates reading a runs dir on shared storage)."""
+    return (0o777 if directory else 0o666) & ~_umask()
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, umask_mode())  # not mkstemp's 0600 (see umask_mode)
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
             handle.flush()

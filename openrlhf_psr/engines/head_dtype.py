@@ -22,6 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from openrlhf_psr.io import umask_mode
 from openrlhf_psr.model_cache import _file_lock
 
 HEAD_DTYPES = ("float32", "bfloat16", "float16", "model")  # "model": the model's own dtype (vLLM's default)
@@ -124,6 +125,7 @@ def _build(view: Path, links: dict[str, str], config_text: str) -> None:
     """Write the view in a temporary folder beside it, then swap it in (a killed build leaves no half view)."""
     tmp = Path(tempfile.mkdtemp(prefix=f"{view.name}.", dir=view.parent))
     try:
+        os.chmod(tmp, umask_mode(directory=True))  # not mkdtemp's 0700: the engines' view lives in the runs dir
         for name, target in links.items():
             os.symlink(target, tmp / name)
         (tmp / "config.json").write_text(config_text)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import doctest
 import json
 import os
+import stat
 
 import pytest
 
@@ -41,6 +42,7 @@ def test_the_view_says_the_head_dtype_and_serves_the_models_own_files(model):
     assert config == {"model_type": "llama", "torch_dtype": "bfloat16", "head_dtype": "float32"}
     assert sorted(os.listdir(view)) == ["config.json", "model.safetensors", "tokenizer.json"]
     assert os.readlink(os.path.join(view, "model.safetensors")) == "../model/model.safetensors"  # relative: movable
+    assert stat.S_IMODE(os.stat(view).st_mode) == stat.S_IMODE(model.stat().st_mode)  # as readable as the model
     # the model folder is untouched: its config, and the fingerprint the launcher's resume compares
     assert json.loads((model / "config.json").read_text())["model_type"] == "llama"
     assert "head_dtype" not in json.loads((model / "config.json").read_text())

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import stat
 
 import pytest
 
 from openrlhf_psr.data.problems import Problem
 from openrlhf_psr.engines.base import Engine, Sample
-from openrlhf_psr.io import ShardStore
+from openrlhf_psr.io import ShardStore, atomic_write_text
 from openrlhf_psr.judges.base import Judgment, PairwiseJudge
 from openrlhf_psr.judges.generative import GenerativeJudge
 from openrlhf_psr.search import SearchConfig, StepSearch, trim_step
@@ -264,6 +265,20 @@ def test_shard_store_removes_an_orphan_of_an_interrupted_commit(tmp_path):
     store = ShardStore(tmp_path)
     assert list(store.read("pairs")) == [{"a": 1}]
     assert store.commit({"pairs": [], "trajectories": []}) == 1
+
+
+def test_atomically_written_files_get_the_umask_mode_not_mkstemps_private_one(tmp_path):
+    """A runs dir on shared storage is read by other processes and users: a shard, a manifest or a report must
+    come out as ``open()`` would make it under the user's umask (0644 under 022), not mkstemp's 0600."""
+    store = ShardStore(tmp_path)
+    store.commit({"pairs": [{"a": 1}], "trajectories": [{"problem_id": "x"}]})
+    atomic_write_text(tmp_path / "report.json", "{}")
+    plain = tmp_path / "plain.txt"
+    plain.write_text("")
+    expected = stat.S_IMODE(plain.stat().st_mode)
+    assert expected & stat.S_IRGRP  # the umask here lets the group read (else the check below proves nothing)
+    for path in (tmp_path / "report.json", *tmp_path.glob("*/shard-*.jsonl")):
+        assert stat.S_IMODE(path.stat().st_mode) == expected, path
 
 
 def test_bad_config_is_rejected():
