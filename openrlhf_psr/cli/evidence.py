@@ -18,8 +18,9 @@ One recipe, the ordinary launcher, several runs under ``--runs-dir``:
    Only the ``self`` arm keeps the recipe's judge sets (its judge accuracy per iteration); the others skip them.
 3. The comparison (``--out``: ``evidence.md``, ``evidence.json``, ``evidence.png``): accuracy of every model on the
    held-out benchmarks with Wilson 95% intervals, each arm's final gain over M1 with a paired test on the same
-   problems (how many answers went wrong -> right and right -> wrong, McNemar's exact p), judge accuracy per
-   iteration, and for every arm's training pairs how often the oracle agrees that the chosen step is the better one.
+   problems (how many answers went wrong -> right and right -> wrong, McNemar's exact p), each model's arithmetic
+   slips per operation in its answers (what a stage fixed and what it broke), judge accuracy per iteration, and for
+   every arm's training pairs how often the oracle agrees that the chosen step is the better one.
 
 Every run resumes like any recipe run, so an interrupted evidence run continues where it stopped; ``--report-only``
 rebuilds the comparison from finished runs. ``--set`` overrides apply to every run (e.g. a smaller size).
