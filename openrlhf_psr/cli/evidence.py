@@ -312,14 +312,22 @@ def _slips_markdown(result: dict) -> list[str]:
     rows = []
     for arm, label, by_benchmark in models:
         for b, counts in by_benchmark.items():
-            cells = [f"{100 * c['false'] / c['claims']:.1f} ({c['claims']})" if (c := (counts or {}).get(op)) else "-"
-                     for op in operations]  # fmt: skip
+            cells = [_slip_cell(c) if (c := (counts or {}).get(op)) else "-" for op in operations]
             rows.append([arm or "every arm", label, b, *cells])
     return ["## Arithmetic slips in the held-out answers", "",
-            "False claims in % of each model's readable `a op b = c` claims, per operation (claims), from its "
-            "evaluation records: where its wrong answers come from, and which kind of step a stage fixed or broke "
-            "(`chain`: claims with more than one operation).", "",
+            "False claims in % of each model's readable `a op b = c` claims, per operation (claims; of the false "
+            "ones, how many state a result above ↑ and below ↓ the true one), from its evaluation records: where its "
+            "wrong answers come from, which kind of step a stage fixed or broke, and whether it taught the operation "
+            "or only moved its bias (slips turning from ↑ to ↓). `chain`: claims with more than one operation.", "",
             _table(["arm", "model", "benchmark", *operations], rows), ""]  # fmt: skip
+
+
+def _slip_cell(count: dict) -> str:
+    """``false % (claims, high↑ low↓)``; reports written before the split (no ``high``) keep ``false % (claims)``."""
+    cell = f"{100 * count['false'] / count['claims']:.1f} ({count['claims']}"
+    if count["false"] and "high" in count:
+        cell += f", {count['high']}↑ {count['false'] - count['high']}↓"
+    return cell + ")"
 
 
 def _pct(value) -> str:

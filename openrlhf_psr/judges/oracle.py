@@ -131,14 +131,18 @@ def arithmetic_claims(text: str) -> list[Claim]:
 
 def slips_by_operator(texts: Iterable[str]) -> dict[str, dict[str, int]]:
     """How often each operation a model writes is false: over every readable claim of ``texts`` (one model's
-    answers), ``{operator: {"claims": n, "false": k}}`` for one-operation claims ``a op b = c``, and ``"chain"`` for
-    longer ones. It says where a model's wrong answers come from and which kind of step a training stage fixed or
-    broke (a stage that fixes subtractions while breaking additions nets little). A text it cannot read (hostile
+    answers), ``{operator: {"claims": n, "false": k, "high": h}}`` for one-operation claims ``a op b = c``, and
+    ``"chain"`` for longer ones; ``high`` counts the false claims whose stated result is above the true one (the rest
+    are below). It says where a model's wrong answers come from and which kind of step a training stage fixed or
+    broke (a stage that fixes subtractions while breaking additions nets little), and whether a stage taught the
+    operation or only moved its bias (additions slipping high before, low after). A text it cannot read (hostile
     numbers) is skipped.
 
-    >>> counts = slips_by_operator(["Step 1: 40 - 37 = 15.", "3 + 4 = 7, 2 × 3 = 6 and 2 * 3 + 1 = 7", "no claim"])
-    >>> counts["-"], counts["+"], counts["*"], counts["chain"]
-    ({'claims': 1, 'false': 1}, {'claims': 1, 'false': 0}, {'claims': 1, 'false': 0}, {'claims': 1, 'false': 0})
+    >>> counts = slips_by_operator(["Step 1: 40 - 37 = 15.", "3 + 4 = 7, 2 × 3 = 6 and 2 * 3 + 1 = 6", "no claim"])
+    >>> counts["-"], counts["chain"]
+    ({'claims': 1, 'false': 1, 'high': 1}, {'claims': 1, 'false': 1, 'high': 0})
+    >>> counts["+"] == counts["*"] == {"claims": 1, "false": 0, "high": 0}
+    True
     """
     counts: dict[str, dict[str, int]] = {}
     for text in texts:
@@ -148,9 +152,10 @@ def slips_by_operator(texts: Iterable[str]) -> dict[str, dict[str, int]]:
             continue
         for claim in claims:
             kind = claim.operators[0] if len(claim.operators) == 1 else "chain"
-            cell = counts.setdefault(kind, {"claims": 0, "false": 0})
+            cell = counts.setdefault(kind, {"claims": 0, "false": 0, "high": 0})
             cell["claims"] += 1
             cell["false"] += not claim.holds
+            cell["high"] += not claim.holds and claim.stated > claim.value
     return counts
 
 

@@ -136,13 +136,15 @@ def test_the_slips_table_shows_which_operation_a_stage_fixed_and_which_it_broke(
     _write(run / "iter_1" / "eval", {"benchmarks": {"arith": {"metrics": metrics, "records": m2}}, "judges": {}})
     _search(run, 1, [_pair(True)])
     result = evidence.compare(base, {"oracle": run})
-    assert result["slips"]["M1"]["arith"]["-"] == {"claims": 1, "false": 1}
+    assert result["slips"]["M1"]["arith"]["-"] == {"claims": 1, "false": 1, "high": 1}
     assert result["arms"]["oracle"]["slips"]["M2"]["arith"] == {
-        "-": {"claims": 1, "false": 0}, "*": {"claims": 1, "false": 0}, "+": {"claims": 1, "false": 1}}  # fmt: skip
+        "-": {"claims": 1, "false": 0, "high": 0}, "*": {"claims": 1, "false": 0, "high": 0},
+        "+": {"claims": 1, "false": 1, "high": 1}}  # fmt: skip
     text = evidence.write(result, tmp_path / "out").read_text()
     assert "| arm | model | benchmark | + | - | * |" in text
-    assert "| every arm | M1 | arith | 0.0 (1) | 100.0 (1) | 0.0 (1) |" in text
-    assert "| oracle | M2 | arith | 100.0 (1) | 0.0 (1) | 0.0 (1) |" in text
+    assert "| every arm | M1 | arith | 0.0 (1) | 100.0 (1, 1↑ 0↓) | 0.0 (1) |" in text
+    assert "| oracle | M2 | arith | 100.0 (1, 1↑ 0↓) | 0.0 (1) | 0.0 (1) |" in text
+    assert evidence._slip_cell({"claims": 4, "false": 1}) == "25.0 (4)"  # a count from before the high/low split
 
 
 def test_no_slips_table_without_answer_texts(tmp_path):

@@ -150,8 +150,11 @@ def test_oracle_as_a_generic_verifier_checks_claims_and_the_gold_answer():
 def test_slips_by_operator_counts_each_operation_once_per_claim_and_skips_what_it_cannot_read():
     texts = ["Step 1: 12 \\div 4 = 3 and 7 − 2 = 6", "Step 2: 6 \\cdot 2 = 12, 2 + 3 * 4 = 20",
              "Step 2: " + "1" * 5000 + " + 1 = 2", "eval('1+1') = 2"]  # fmt: skip
-    right, wrong = {"claims": 1, "false": 0}, {"claims": 1, "false": 1}
-    assert slips_by_operator(texts) == {"/": right, "-": wrong, "*": right, "chain": wrong}
+    right, high = {"claims": 1, "false": 0, "high": 0}, {"claims": 1, "false": 1, "high": 1}
+    assert slips_by_operator(texts) == {"/": right, "-": high, "*": right, "chain": high}
+    # a rounded decimal result is right, not a high slip; a result below the true one is a low slip
+    assert slips_by_operator(["10 / 3 = 3.33 and 10 / 4 = 2.6 and 9 - 4 = 4"]) == {
+        "/": {"claims": 2, "false": 1, "high": 1}, "-": {"claims": 1, "false": 1, "high": 0}}  # fmt: skip
 
 
 def test_oracle_never_evaluates_step_text():
