@@ -152,8 +152,8 @@ def test_slips_by_operator_counts_each_operation_once_per_claim_and_skips_what_i
              "Step 2: " + "1" * 5000 + " + 1 = 2", "eval('1+1') = 2"]  # fmt: skip
     right, high = {"claims": 1, "false": 0, "high": 0}, {"claims": 1, "false": 1, "high": 1}
     assert slips_by_operator(texts) == {"/": right, "-": high, "*": right, "chain": high}
-    # a rounded decimal result is right, not a high slip; a result below the true one is a low slip
-    assert slips_by_operator(["10 / 3 = 3.33 and 10 / 4 = 2.6 and 9 - 4 = 4"]) == {
+    # a decimal rounded up (0.67 > 2/3) is right, not a high slip; a result below the true one is a low slip
+    assert slips_by_operator(["2 / 3 = 0.67 and 10 / 4 = 2.6 and 9 - 4 = 4"]) == {
         "/": {"claims": 2, "false": 1, "high": 1}, "-": {"claims": 1, "false": 1, "high": 0}}  # fmt: skip
 
 
