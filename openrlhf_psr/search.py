@@ -474,8 +474,16 @@ class StepSearch:
             total=len(problems), initial=len(problems) - len(todo), desc="step-wise search", disable=not progress
         )
         active = todo
+        round_no = 0
         while active:
+            # A round is two long engine calls (sample, then judge) over every active problem, and no problem
+            # finishes before its last round: on a large batch the bar itself stays still for many minutes, so the
+            # postfix names the round and the phase running now, and the steps accepted so far.
+            round_no += 1
+            status = {"round": round_no, "active": len(active), "steps": sum(len(p.steps) for p in todo)}
+            bar.set_postfix(status, phase="sampling")
             candidates = self._sample(active)
+            bar.set_postfix(status, phase="judging")
             results, uniques, calls = self._judge_all(active, candidates)
             for p, cands, result, unique, call in zip(active, candidates, results, uniques, calls, strict=True):
                 self._apply(p, cands, result, unique, call)
@@ -493,7 +501,7 @@ class StepSearch:
                 pause_at("search-commit")  # kill-and-resume tests only (OPENRLHF_PSR_PAUSE_AT)
                 bar.update(len(finished))
             active = [p for p in active if not p.finish]
-            bar.set_postfix(active=len(active), judge_calls=self.stats["judge_calls"])
+            bar.set_postfix(round=round_no, active=len(active), judge_calls=self.stats["judge_calls"])
         bar.close()
         elapsed = time.perf_counter() - start
         summary = summarize(store, tokenizer=None)

@@ -90,6 +90,17 @@ PROBLEMS = [Problem(f"p{i}", f"q{i}", "5") for i in range(3)]
 CFG = SearchConfig(width=3, max_rounds=6)
 
 
+def test_the_bar_names_the_round_the_phase_and_the_steps_accepted(tmp_path, capsys):
+    """No problem finishes before its last round, so on a large batch the bar's count stays at 0 for many minutes;
+    the postfix must say which round and which phase (sampling, judging) runs now and how many steps are in."""
+    StepSearch(ScriptedEngine(good_bad_script), RankJudge(), CFG).run(PROBLEMS, tmp_path, progress=True)
+    shown = capsys.readouterr().err
+    for round_no, steps in ((1, 0), (2, 3), (3, 6)):  # three problems, one step each per round
+        for phase in ("sampling", "judging"):
+            assert f"round={round_no}, active=3, steps={steps}, phase={phase}" in shown, shown
+    assert "round=4" not in shown  # the third step is final: three rounds in all
+
+
 def test_consistent_judge_accepts_best_and_pairs_best_with_worst(tmp_path):
     engine = ScriptedEngine(good_bad_script)
     summary = StepSearch(engine, RankJudge(), CFG).run(PROBLEMS, tmp_path, progress=False)
