@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -503,9 +504,14 @@ def _progress_every() -> float:
     return 10.0 if sys.stdout.isatty() else 60.0
 
 
+# A terminal control sequence (CSI: ESC [ ... final byte). Nested tqdm bars (SFT's epoch and step bars) end their
+# redraws with "ESC [A", cursor up: relayed as is, it would move the launcher's own output up a line.
+_CONTROL_SEQUENCE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
+
+
 def last_progress_line(path: Path, offset: int = 0, width: int = 160) -> str:
     r"""The newest non-empty line a stage wrote after ``offset`` of its log (tqdm bars redraw with ``\r``: the
-    newest redraw counts), shortened to ``width`` characters.
+    newest redraw counts), without terminal control sequences, shortened to ``width`` characters.
 
     >>> import tempfile
     >>> with tempfile.TemporaryDirectory() as d:
@@ -521,6 +527,7 @@ def last_progress_line(path: Path, offset: int = 0, width: int = 160) -> str:
             tail = log.read().decode("utf-8", errors="replace")
     except OSError:
         return ""
+    tail = _CONTROL_SEQUENCE.sub("", tail)
     lines = [line.strip() for line in tail.replace("\r", "\n").split("\n")]
     lines = [line for line in lines if line and not line.startswith("$ ")]
     if not lines:

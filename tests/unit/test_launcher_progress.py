@@ -65,6 +65,13 @@ def test_last_progress_line_skips_the_command_header_and_reads_only_after_the_of
     assert last_progress_line(tmp_path / "missing.log") == ""
 
 
+def test_last_progress_line_drops_terminal_control_sequences(tmp_path):
+    """SFT's nested tqdm bars end each redraw with ESC [A (cursor up); relayed as is it moves the launcher's output."""
+    log = tmp_path / "sft.log"
+    log.write_text("\x1b[A\rTrain step:  6%|\x1b[32m#\x1b[0m  | 24/400 [00:47<15:31, gpt_loss=1.49]\x1b[A\r\x1b[A")
+    assert last_progress_line(log) == "Train step:  6%|#  | 24/400 [00:47<15:31, gpt_loss=1.49]"
+
+
 def test_doctests():
     assert doctest.testmod(launcher).failed == 0
 
